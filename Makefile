@@ -1,0 +1,32 @@
+# busi-course: two commands.
+#   make course   build .venv, find the data, run every notebook (PROFILE=cpu by default)
+#   make test     build .venv if needed, run the test suite (notebooks in the quick profile)
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    ?= .venv
+PROFILE ?= cpu
+SEED    ?= 42
+BIN      = $(VENV)/bin
+
+.PHONY: env course test lab results clean-runs
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+course: env
+	$(BIN)/python -m busi_utils.course --profile $(PROFILE) --seed $(SEED)
+	$(BIN)/python scripts/results_table.py runs/$(PROFILE)/metrics.json
+
+test: env
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+clean-runs:
+	rm -rf runs/

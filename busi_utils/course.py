@@ -1,0 +1,69 @@
+"""Run the numbered notebooks in order with papermill: ``python -m busi_utils.course``.
+
+Each notebook gets the same parameters (profile, run folder, data location, seed) and is
+written, executed, into ``runs/<profile>/notebooks/``; the seconds each took go to
+``timing.json``. Notebooks resume from what the run folder already holds, so a second
+run after an interruption only does the missing work.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import PROFILES, RunPaths, atomic_write_json, read_json, repo_root
+
+
+def course_notebooks(folder: Path | None = None) -> list[Path]:
+    """The course's notebooks, in their numbered order."""
+    folder = folder or repo_root() / "notebooks"
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_course(
+    profile: str = "cpu",
+    run_dir: str | None = None,
+    busi_root: str | None = None,
+    seed: int = 42,
+    only: list[str] | None = None,
+    kernel_name: str | None = None,
+) -> dict[str, float]:
+    """Execute the notebooks (or those whose number is in ``only``) and return their times."""
+    import papermill as pm
+
+    paths = RunPaths.for_profile(profile, run_dir)
+    params = {"profile": profile, "run_dir": str(paths.root), "busi_root": busi_root or os.environ.get("BUSI_ROOT"), "seed": seed}
+    timing = read_json(paths.timing_json, {})
+    for nb in course_notebooks():
+        if only and nb.name[:2] not in only:
+            continue
+        print(f"▶ {nb.name} ({profile})", flush=True)
+        start = time.perf_counter()
+        pm.execute_notebook(
+            str(nb), str(paths.notebooks / nb.name), parameters=params, cwd=str(nb.parent),
+            kernel_name=kernel_name, progress_bar=False, log_output=False,
+        )
+        timing[nb.stem] = round(time.perf_counter() - start, 1)
+        print(f"  done in {timing[nb.stem]:.0f} s", flush=True)
+        atomic_write_json(paths.timing_json, timing)
+    return timing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m busi_utils.course", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu", choices=PROFILES, help="parameter set: quick (tests), cpu (default), gpu")
+    ap.add_argument("--run-dir", help="run folder (default runs/<profile>)")
+    ap.add_argument("--busi-root", help="BUSI folder or Kaggle zip (default $BUSI_ROOT, then data/)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 02")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    run_course(args.profile, args.run_dir, args.busi_root, args.seed, args.only)
+    print(f"course finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Plots and picture grids shared by the notebooks (so no notebook copies another's)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .config import CLASSES
+from .data import load_image, load_mask
+
+PALETTE = {"normal": "#4c72b0", "benign": "#55a868", "malignant": "#c44e52"}
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(1.0, 0.2, 0.2), alpha: float = 0.4) -> np.ndarray:
+    """RGB float image with ``mask`` (bool or probability) tinted over a grayscale ``image``."""
+    rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+    m = mask.astype(np.float32)[..., None] * alpha
+    return np.clip(rgb * (1 - m) + np.array(color, dtype=np.float32) * m, 0, 1)
+
+
+def show_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4, size: float = 3.0, cmap: str = "gray"):
+    """Images in a grid with titles; returns the figure."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles or [""] * n):
+        ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=0 if img.ndim == 2 else None)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_balance(index: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(5, 3))
+    counts = index["label"].value_counts().reindex(CLASSES)
+    sns.barplot(x=counts.index, y=counts.values, hue=counts.index, palette=PALETTE, ax=ax, legend=False)
+    for i, v in enumerate(counts.values):
+        ax.text(i, v, str(v), ha="center", va="bottom")
+    ax.set(ylabel="images", title="Class balance")
+    return fig
+
+
+def plot_sizes(index: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sns.scatterplot(data=index, x="width", y="height", hue="label", hue_order=CLASSES, palette=PALETTE, alpha=0.6, s=15, ax=ax)
+    ax.set(title="Image sizes (pixels)")
+    return fig
+
+
+def plot_mask_coverage(index: pd.DataFrame):
+    """Lesion area as a fraction of the image, per class (normal: all zero)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    lesion = index[index["label"] != "normal"]
+    sns.boxplot(data=lesion, x="label", y="mask_fraction", order=[c for c in CLASSES if c != "normal"], hue="label", palette=PALETTE, ax=ax)
+    ax.set(ylabel="lesion area / image area", xlabel="", title="Mask coverage (lesion size)")
+    return fig
+
+
+def show_index_rows(rows: pd.DataFrame, with_mask: bool = True, ncols: int = 4, extra_title: str = ""):
+    """Each row's image, optionally with its merged mask over it."""
+    images, titles = [], []
+    for r in rows.itertuples():
+        img = load_image(r.image_path)
+        if with_mask:
+            img = overlay(img, load_mask(r.mask_paths, img.shape))
+        images.append(img)
+        titles.append(f"{r.image_id}" + (f"\n{getattr(r, extra_title)}" if extra_title else ""))
+    return show_grid(images, titles, ncols=ncols)
+
+
+def show_multi_mask(rows: pd.DataFrame, max_rows: int = 4):
+    """Image, each mask file, and their union, one row per multi-mask image."""
+    rows = rows.head(max_rows)
+    ncols = 1 + int(rows["n_masks"].max()) + 1
+    images, titles = [], []
+    for r in rows.itertuples():
+        img = load_image(r.image_path)
+        paths = r.mask_paths.split(";")
+        cells = [img] + [load_mask([p], img.shape).astype(float) for p in paths]
+        cells += [np.zeros_like(img)] * (ncols - 1 - len(cells))
+        cells.append(overlay(img, load_mask(paths, img.shape)))
+        images += cells
+        titles += [r.image_id] + [p.rsplit("/", 1)[-1].replace(r.image_id, "") for p in paths] + [""] * (ncols - 2 - len(paths)) + ["merged"]
+    return show_grid(images, titles, ncols=ncols, size=2.5)
+
+
+def plot_split_heatmap(table: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(table) + 1))
+    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
+    ax.set(title="Images per split / fold and class", xlabel="", ylabel="")
+    return fig

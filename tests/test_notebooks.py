@@ -1,0 +1,48 @@
+"""Every course notebook, executed by papermill in the quick profile, then checked by nbval.
+
+The run uses the real BUSI when BUSI_ROOT is set, else the synthetic stand-in. nbval
+re-executes each executed copy (its injected parameters included): every cell must run,
+and cells marked ``# NBVAL_CHECK_OUTPUT`` must print the same again, which also proves
+that a notebook resumes from the run folder and reproduces its numbers.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from busi_utils.course import course_notebooks, run_course
+
+NOTEBOOKS = [p.name for p in course_notebooks()]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """Run the whole course once in the quick profile; later notebooks need earlier ones."""
+    run_dir = tmp_path_factory.mktemp("run_quick")
+    errors: dict[str, BaseException | None] = {}
+    for name in NOTEBOOKS:
+        try:
+            run_course("quick", str(run_dir), only=[name[:2]])
+            errors[name] = None
+        except Exception as err:  # papermill's error names the failing cell
+            errors[name] = err
+            break
+    return run_dir, errors
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_and_passes_nbval(quick_run, name):
+    run_dir, errors = quick_run
+    if name not in errors:
+        pytest.fail(f"{name} did not run: an earlier notebook failed")
+    if errors[name] is not None:
+        raise errors[name]
+    executed = run_dir / "notebooks" / name
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(executed)],
+        capture_output=True, text=True, cwd=executed.parent,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
