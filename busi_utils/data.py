@@ -400,3 +400,11 @@ def load_pair(row) -> tuple[np.ndarray, np.ndarray]:
     img = load_image(row["image_path"] if isinstance(row, dict) else row.image_path)
     masks = row["mask_paths"] if isinstance(row, dict) else row.mask_paths
     return img, load_mask(masks, img.shape)
+
+
+def read_source(path: os.PathLike | str) -> DataSource:
+    """The data source notebook 01 recorded (so later notebooks show the same banner)."""
+    info = read_json(Path(path))
+    if info is None:
+        raise FileNotFoundError(f"{path}: missing; run notebook 01 for this run folder first")
+    return DataSource(Path(info["root"]), info["kind"], info["origin"])

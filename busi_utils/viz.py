@@ -94,3 +94,41 @@ def plot_split_heatmap(table: pd.DataFrame):
     sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax)
     ax.set(title="Images per split / fold and class", xlabel="", ylabel="")
     return fig
+
+
+def plot_learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
+    """Training / validation loss and validation Dice per epoch (fastai's recorder values)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    a.plot(history["epoch"], history["train_loss"], label="train")
+    if "valid_loss" in history and history["valid_loss"].notna().any():
+        a.plot(history["epoch"], history["valid_loss"], label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title=title)
+    a.legend()
+    for col in ("dice", "iou"):
+        if col in history and history[col].notna().any():
+            b.plot(history["epoch"], history[col], marker="o", label=col)
+    b.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def show_seg_cases(images, truths, probs, titles, threshold: float = 0.5):
+    """One row per case: image, ground truth, predicted probability, overlay (truth green, prediction red)."""
+    cells, names = [], []
+    for img, t, p, title in zip(images, truths, probs, titles):
+        both = np.repeat((img.astype(np.float32) / 255)[..., None], 3, axis=2) * 0.7
+        both[..., 1] = np.maximum(both[..., 1], t * 0.9)
+        both[..., 0] = np.maximum(both[..., 0], (p >= threshold) * 0.9)
+        cells += [img, t.astype(float), p, both]
+        names += [title, "truth", "prediction", "overlay (truth green, pred red)"]
+    return show_grid(cells, names, ncols=4, size=2.6)
+
+
+def plot_distributions(df: pd.DataFrame, value: str, by: str, title: str, order=None):
+    """Box + strip plot of ``value`` per ``by`` group: distributions, not just means."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.boxplot(data=df, x=by, y=value, order=order, ax=ax, showfliers=False, color="#dddddd")
+    sns.stripplot(data=df, x=by, y=value, order=order, ax=ax, size=2.5, alpha=0.5)
+    ax.set(title=title, xlabel="")
+    return fig

@@ -1,0 +1,132 @@
+"""Leakage-safe predicted masks by cross-fitting (out-of-fold prediction).
+
+The classifier of stage 2 reads a *predicted* mask. If that mask came from a U-Net that had
+trained on the same image, it would be too good: the classifier would learn to trust masks
+it will never get at test time. So:
+
+* for each fold k of the training pool, a U-Net trains on the lesion images of the *other*
+  folds and predicts every image of fold k (normal images too);
+* the hold-out test images get their masks from stage 1's final U-Net (which never saw them);
+* every mask is an 8-bit probability PNG with a manifest row naming the model that made it
+  and the hash of that model's training list; :func:`check_leak_free` proves from the
+  manifest that no image (nor any duplicate of it) was in its predictor's training list.
+
+The run resumes: a fold whose masks are all in the manifest is skipped; files are written
+atomically, the manifest last.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from . import segmentation as seg
+from .config import RunPaths, atomic_write_text
+from .preprocess import ArrayStore
+from .splits import LeakageError
+
+MANIFEST_COLUMNS = ["image_id", "label", "split", "fold", "mask_path", "model", "model_train_hash"]
+
+
+def save_prob_png(prob: np.ndarray, path: Path) -> None:
+    """An 8-bit probability PNG (0-255), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    Image.fromarray(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)).save(tmp)
+    os.replace(tmp, path)
+
+
+def load_prob_png(path: Path | str) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float32) / 255.0
+
+
+def read_mask_manifest(paths: RunPaths) -> pd.DataFrame:
+    path = paths.masks / "manifest.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _predict_and_record(paths: RunPaths, store: ArrayStore, rows: pd.DataFrame, model, info: dict, model_name: str, done: pd.DataFrame, progress: bool) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
+    ids = rows["image_id"].tolist()
+    probs = seg.predict_probs(model, np.stack([store.image(i) for i in ids]), info["stats"]) if ids else []
+    new = []
+    for (_, r), p in tqdm(list(zip(rows.iterrows(), probs)), desc=f"masks from {model_name}", disable=not progress, leave=False):
+        rel = Path(r["split"]) / f"{r['image_id']}.png"
+        save_prob_png(p, paths.masks / rel)
+        new.append({"image_id": r["image_id"], "label": r["label"], "split": r["split"], "fold": int(r["fold"]), "mask_path": str(rel),
+                    "model": model_name, "model_train_hash": info["train_ids_hash"]})
+    manifest = pd.concat([done[~done["image_id"].isin(ids)], pd.DataFrame(new, columns=MANIFEST_COLUMNS)], ignore_index=True)
+    atomic_write_text(paths.masks / "manifest.csv", manifest.to_csv(index=False))  # last: the fold is done
+    return manifest
+
+
+def run_oof(paths: RunPaths, store: ArrayStore, split: pd.DataFrame, recipe: dict, seed: int, progress: bool = True,
+            on_fold_done: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """Cross-fit one U-Net per fold, predict its held-out fold, and the test split with the
+    final model. Returns the mask manifest and one record per fold (trained or resumed, time)."""
+    from tqdm.auto import tqdm
+
+    manifest = read_mask_manifest(paths)
+    folds = sorted(int(f) for f in split.loc[split["split"] == "train", "fold"].unique())
+    records = []
+    for k in tqdm(folds, desc="folds", disable=not progress):
+        fold_rows = split[(split["split"] == "train") & (split["fold"] == k)]
+        train_ids = seg.lesion_train_ids(split, exclude_fold=k)
+        name = f"unet_fold{k}.pt"
+        have = manifest[(manifest["model"] == name) & (manifest["model_train_hash"] == seg.ids_hash(train_ids))]
+        if set(fold_rows["image_id"]) <= set(have["image_id"]) and (paths.masks / name).exists():
+            records.append({"fold": k, "trained": False, "seconds": 0.0})
+            continue
+        model, history, info, trained = seg.get_or_train(paths.masks / name, store, train_ids, [], recipe, seed + 1 + k,
+                                                         select_on_valid=False, show_progress=progress)
+        manifest = _predict_and_record(paths, store, fold_rows, model, info, name, manifest, progress)
+        records.append({"fold": k, "trained": trained, "seconds": info["train_seconds"] if trained else 0.0,
+                        "seconds_per_epoch": info["seconds_per_epoch"], "n_train": len(train_ids), "n_predicted": len(fold_rows)})
+        if on_fold_done:
+            on_fold_done(k)
+    test_rows = split[split["split"] == "test"]
+    final_path = paths.models / "unet_final.pt"
+    if not final_path.exists():
+        raise FileNotFoundError(f"{final_path}: stage 1's final U-Net is missing; run notebook 02 first")
+    model, info = seg.load_segmenter(final_path)
+    have = manifest[(manifest["model"] == "unet_final.pt") & (manifest["model_train_hash"] == info["train_ids_hash"])]
+    if not set(test_rows["image_id"]) <= set(have["image_id"]):
+        manifest = _predict_and_record(paths, store, test_rows, model, info, "unet_final.pt", manifest, progress)
+    return manifest, records
+
+
+def model_path(paths: RunPaths, name: str) -> Path:
+    return paths.models / name if name == "unet_final.pt" else paths.masks / name
+
+
+def check_leak_free(mask_manifest: pd.DataFrame, split: pd.DataFrame, paths: RunPaths) -> int:
+    """Raise :class:`LeakageError` unless, for every predicted mask, the predicting model's
+    training list (read from the model file, checked against the manifest's hash) contains
+    neither the image nor any member of its duplicate group. Returns the number checked."""
+    group_of = split.set_index("image_id")["group"]
+    members = split.groupby("group")["image_id"].apply(set)
+    trained_on: dict[str, set] = {}
+    for name, rows in mask_manifest.groupby("model"):
+        _, info = seg.load_segmenter(model_path(paths, name))
+        if set(rows["model_train_hash"]) != {info["train_ids_hash"]}:
+            raise LeakageError(f"{name}: the manifest's training hash does not match the model file (replaced model?)")
+        trained_on[name] = set(info["train_ids"])
+    for r in mask_manifest.itertuples():
+        family = members[group_of[r.image_id]]
+        seen = family & trained_on[r.model]
+        if seen:
+            raise LeakageError(f"mask of {r.image_id!r} comes from {r.model}, which trained on {sorted(seen)[0]!r}")
+    return len(mask_manifest)
+
+
+def load_masks(paths: RunPaths, mask_manifest: pd.DataFrame, ids) -> np.ndarray:
+    """Stored probability masks for ``ids``, in that order."""
+    where = mask_manifest.set_index("image_id")["mask_path"]
+    return np.stack([load_prob_png(paths.masks / where[i]) for i in ids])

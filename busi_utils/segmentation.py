@@ -1,0 +1,339 @@
+"""Stage 1, *where?*: a U-Net that segments the lesion.
+
+The pieces, in the order a reader meets them in notebook 02:
+
+* :func:`seg_dataloaders` — a fastai ``DataBlock`` (image + mask) over resized arrays, with
+  augmentations that suit ultrasound (horizontal flip, small affine, brightness/contrast;
+  **no vertical flip**: depth has a direction), applied identically to image and mask;
+* :func:`build_segmenter` — ``light`` (a small U-Net sized for the CPU), ``attention`` (the same
+  with attention gates on the skip connections) or ``resnet18``/``resnet34`` (fastai's
+  ``DynamicUnet``), ImageNet weights only when already in the local torch cache;
+* :class:`DiceBCELoss` / :class:`DiceFocalLoss` and the Dice / IoU metrics;
+* :func:`train_segmenter` — learning-rate finder, one-cycle schedule, seeded, checkpoint chosen
+  on the validation fold only;
+* :func:`save_segmenter` / :func:`load_segmenter` — a portable export: weights, the recipe that
+  rebuilds the network, normalisation, and the list of training images (the leak check reads it).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .preprocess import ArrayStore
+
+# --------------------------------------------------------------------------- models
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        )
+
+
+class AttentionGate(nn.Module):
+    """Oktay et al. 2018: the decoder's coarser signal ``g`` decides which skip pixels ``x`` pass."""
+
+    def __init__(self, c_g: int, c_x: int, c_int: int):
+        super().__init__()
+        self.wg = nn.Sequential(nn.Conv2d(c_g, c_int, 1, bias=False), nn.BatchNorm2d(c_int))
+        self.wx = nn.Sequential(nn.Conv2d(c_x, c_int, 1, bias=False), nn.BatchNorm2d(c_int))
+        self.psi = nn.Sequential(nn.Conv2d(c_int, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
+
+    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x * self.psi(F.relu(self.wg(g) + self.wx(x)))
+
+
+class LightUNet(nn.Module):
+    """A plain U-Net: ``depth`` poolings, ``base`` channels doubling per level, bilinear
+    upsampling; optional attention gates on the skips (Attention U-Net)."""
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, base: int = 16, depth: int = 4, attention: bool = False):
+        super().__init__()
+        chans = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([ConvBlock(in_ch, chans[0])] + [ConvBlock(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([ConvBlock(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
+        self.gates = nn.ModuleList([AttentionGate(chans[i + 1], chans[i], max(chans[i] // 2, 4)) for i in reversed(range(depth))]) if attention else None
+        self.head = nn.Conv2d(chans[0], out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for j, block in enumerate(self.up):
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            if self.gates is not None:
+                skip = self.gates[j](x, skip)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+def imagenet_weights_cached(arch: str) -> bool:
+    """True when torchvision's ImageNet weights for ``arch`` are already on disk (no download)."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
+
+
+def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True) -> nn.Module:
+    """The network for ``arch``: ``light``, ``attention``, ``resnet18`` or ``resnet34``.
+
+    ResNet encoders use ImageNet weights only if they are already cached locally
+    (``pretrained=None`` decides by looking); otherwise they train from scratch, and say so.
+    """
+    if arch in ("light", "attention"):
+        return LightUNet(base=base, attention=arch == "attention")
+    if arch in ("resnet18", "resnet34"):
+        import torchvision
+        from fastai.vision.learner import create_unet_model
+
+        cached = imagenet_weights_cached(arch)
+        use = cached if pretrained is None else (pretrained and cached)
+        if verbose:
+            print(f"{arch} encoder: " + ("ImageNet weights from the local torch cache" if use else "no cached ImageNet weights, training from scratch"))
+        return create_unet_model(getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1)
+    raise ValueError(f"unknown segmentation arch {arch!r}: light, attention, resnet18, resnet34")
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- losses and metrics
+
+
+def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=(1, 2, 3))
+    total = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+    return (1 - (2 * inter + eps) / (total + eps)).mean()
+
+
+def _as_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return target.reshape(logits.shape).float()
+
+
+class DiceBCELoss(nn.Module):
+    """Soft Dice (overlap; insensitive to the lesion being small) + BCE (pixel-wise, stable gradients)."""
+
+    activation = staticmethod(torch.sigmoid)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = _as_target(logits, target)
+        return _soft_dice_loss(logits, t) + F.binary_cross_entropy_with_logits(logits, t)
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > 0.5).long()
+
+
+class DiceFocalLoss(DiceBCELoss):
+    """Soft Dice + focal loss (gamma 2): down-weights the many easy background pixels."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = _as_target(logits, target)
+        bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+        focal = ((1 - torch.exp(-bce)) ** self.gamma * bce).mean()
+        return _soft_dice_loss(logits, t) + focal
+
+
+LOSSES = {"dice_bce": DiceBCELoss, "dice_focal": DiceFocalLoss}
+
+
+def _batch_scores(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pred = (logits > 0).flatten(1).float()
+    t = target.reshape(pred.shape[0], -1).float()
+    inter = (pred * t).sum(1)
+    total = pred.sum(1) + t.sum(1)
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(total), 2 * inter / total.clamp(min=1))
+    iou = torch.where(empty, torch.ones_like(total), inter / (total - inter).clamp(min=1))
+    return dice, iou
+
+
+def dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per-image foreground Dice at threshold 0.5 (fastai metric)."""
+    return _batch_scores(logits, target)[0].mean()
+
+
+def iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per-image foreground IoU at threshold 0.5 (fastai metric)."""
+    return _batch_scores(logits, target)[1].mean()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def ultrasound_augment(size: int):
+    """Augmentations that respect ultrasound: left-right flips are fine, up-down are not
+    (the transducer is at the top; shadows fall downwards)."""
+    from fastai.vision.augment import aug_transforms
+
+    return aug_transforms(do_flip=True, flip_vert=False, max_rotate=10.0, max_zoom=1.1, max_lighting=0.3, max_warp=0.0, p_affine=0.75, p_lighting=0.75, size=size)
+
+
+def norm_stats(store: ArrayStore, ids: Sequence[str]) -> tuple[float, float]:
+    """Mean and std of the training images (0-1 scale): normalisation from training data only."""
+    px = np.stack([store.image(i) for i in ids]).astype(np.float32) / 255.0
+    return float(px.mean()), float(px.std())
+
+
+def seg_dataloaders(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], size: int, bs: int, stats: tuple[float, float], augment: bool = True):
+    """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays."""
+    from fastai.vision.all import DataBlock, ImageBlock, IndexSplitter, MaskBlock, Normalize, PILImageBW, PILMask
+
+    items = list(train_ids) + list(valid_ids)
+    block = DataBlock(
+        blocks=(ImageBlock(cls=PILImageBW), MaskBlock(codes=["background", "lesion"])),
+        get_x=lambda i: PILImageBW.create(store.image(i)),
+        get_y=lambda i: PILMask.create(store.mask(i).astype(np.uint8)),
+        splitter=IndexSplitter(list(range(len(train_ids), len(items)))),
+        batch_tfms=[*(ultrasound_augment(size) if augment else []), Normalize.from_stats([stats[0]], [stats[1]])],
+    )
+    return block.dataloaders(items, bs=bs, num_workers=0, drop_last=True)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def ids_hash(ids: Sequence[str]) -> str:
+    """A short hash of a list of image ids: the fingerprint of what a model trained on."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
+
+
+def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, seed: int, select_on_valid: bool = True, lr_find: bool = False, show_progress: bool = True):
+    """Train a U-Net with fastai's one-cycle schedule.
+
+    ``select_on_valid``: keep the epoch with the best validation Dice (stage 1's final model).
+    Otherwise the last epoch is kept and the validation images are not looked at during
+    training at all (the cross-fitted fold models of notebook 03, whose held-out fold must
+    stay unseen). Returns ``(model, history, info)``.
+    """
+    from fastai.callback.tracker import SaveModelCallback
+    from fastai.learner import Learner
+    from fastai.torch_core import set_seed
+
+    set_seed(seed, reproducible=True)
+    stats = norm_stats(store, train_ids)
+    watch = list(valid_ids) if select_on_valid else list(train_ids[:recipe["batch_size"]])
+    dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
+    model = build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], verbose=show_progress)
+    tmp = Path(tempfile.mkdtemp(prefix="busi-seg-"))
+    learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".")
+    if not show_progress:
+        learn.remove_cb(learn.progress) if hasattr(learn, "progress") else None
+        from fastai.callback.progress import ProgressCallback
+
+        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
+    lr = recipe["lr"]
+    lr_found = None
+    if lr_find:
+        lr_found = float(learn.lr_find(num_it=recipe.get("lr_find_iters", 40), show_plot=True).valley)
+        lr = lr_found
+    cbs = [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)] if select_on_valid else []
+    start = time.perf_counter()
+    learn.fit_one_cycle(recipe["epochs"], lr, cbs=cbs)
+    seconds = time.perf_counter() - start
+    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
+    history = pd.DataFrame([v[: len(names)] for v in learn.recorder.values], columns=names)
+    history.insert(0, "epoch", range(len(history)))
+    info = {
+        "recipe": dict(recipe), "stats": list(stats), "train_ids": sorted(map(str, train_ids)), "train_ids_hash": ids_hash(train_ids),
+        "seed": seed, "lr": lr, "lr_found": lr_found, "train_seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / recipe["epochs"], 2),
+        "selected_on_valid": select_on_valid,
+        "best_valid_dice": float(history["dice"].max()) if select_on_valid else None,
+    }
+    learn.model.eval()
+    return learn.model, history, info
+
+
+def save_segmenter(path: Path, model: nn.Module, info: dict) -> None:
+    """Weights + everything needed to rebuild and audit the model, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+
+
+def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the exported U-Net (no download, no pickled code)."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    info = ckpt["info"]
+    r = info["recipe"]
+    model = build_segmenter(r["arch"], r.get("base", 16), r["size"], pretrained=False, verbose=False)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), info
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, stats: Sequence[float], bs: int = 32) -> np.ndarray:
+    """Lesion probabilities (N, S, S) float32 for resized grayscale images (N, S, S) uint8."""
+    model.eval()
+    out = []
+    for k in range(0, len(images), bs):
+        x = torch.from_numpy(images[k : k + bs]).float().div(255.0).unsqueeze(1)
+        x = (x - stats[0]) / stats[1]
+        out.append(torch.sigmoid(model(x)).squeeze(1).numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
+
+
+def lesion_train_ids(manifest: pd.DataFrame, exclude_fold: int | None = None) -> list[str]:
+    """Training-pool images with real lesions (benign, malignant), optionally leaving one fold out.
+    Never a hold-out test image, never a normal image (an empty mask teaches nothing about shape)."""
+    m = manifest[(manifest["split"] == "train") & (manifest["label"] != "normal")]
+    if exclude_fold is not None:
+        m = m[m["fold"] != exclude_fold]
+    return m["image_id"].tolist()
+
+
+def check_training_items(manifest: pd.DataFrame, train_ids: Sequence[str]) -> None:
+    """Raise if a hold-out test image, an excluded image or a normal image is among the
+    segmentation training items."""
+    m = manifest.set_index("image_id").loc[list(train_ids)]
+    bad = m[(m["split"] != "train") | (m["label"] == "normal")]
+    if len(bad):
+        raise AssertionError(f"{len(bad)} training item(s) must not be trained on, e.g. {bad.index[0]!r} ({bad['split'].iloc[0]}, {bad['label'].iloc[0]})")
+
+
+def get_or_train(path: Path, store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, seed: int, **train_kw):
+    """Load the model at ``path`` if it was trained with this recipe, seed and training list;
+    otherwise train and save it (with its history beside it). Returns ``(model, history, info, trained)``."""
+    path = Path(path)
+    hist_path = path.with_suffix(".history.csv")
+    if path.exists() and hist_path.exists():
+        model, info = load_segmenter(path)
+        if info["recipe"] == dict(recipe) and info["seed"] == seed and info["train_ids_hash"] == ids_hash(train_ids):
+            return model, pd.read_csv(hist_path), info, False
+    model, history, info = train_segmenter(store, train_ids, valid_ids, recipe, seed, **train_kw)
+    from .config import atomic_write_text
+
+    atomic_write_text(hist_path, history.to_csv(index=False))
+    save_segmenter(path, model, info)  # the model last: its presence means "done"
+    return model, history, info, True
+
+
+def score_masks(probs: np.ndarray, truths: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """Per-image Dice and IoU of thresholded probabilities against boolean truths."""
+    from .metrics import dice_iou
+
+    rows = [dice_iou(p >= threshold, t) for p, t in zip(probs, truths)]
+    return pd.DataFrame(rows, columns=["dice", "iou"])
