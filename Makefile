@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 course: env
 	$(BIN)/python -m busi_utils.course --profile $(PROFILE) --seed $(SEED)
+	$(BIN)/python scripts/results_table.py runs/$(PROFILE)/metrics.json
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -48,6 +48,10 @@ def run_course(
         timing[nb.stem] = round(time.perf_counter() - start, 1)
         print(f"  done in {timing[nb.stem]:.0f} s", flush=True)
         atomic_write_json(paths.timing_json, timing)
+    metrics = read_json(paths.metrics_json)
+    if metrics is not None:  # the results file carries the time of the whole course
+        metrics["timing"] = {"notebooks": timing, "course_seconds": round(sum(timing.values()), 1)}
+        atomic_write_json(paths.metrics_json, metrics)
     return timing
 
 

@@ -5,7 +5,12 @@ score is 1 (nothing to find, nothing found); if only one is empty it is 0.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
+import pandas as pd
+
+from .config import CLASSES
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -25,3 +30,132 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def iou_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return dice_iou(pred, truth)[1]
+
+
+# --------------------------------------------------------------------------- classification
+
+def _labels_to_idx(labels: Sequence[str]) -> np.ndarray:
+    return np.array([CLASSES.index(str(label)) for label in labels])
+
+
+def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1, per-class precision/recall/F1, malignant sensitivity and
+    specificity (malignant vs the rest), one-vs-rest macro ROC AUC."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+
+    y = _labels_to_idx(labels)
+    pred = np.asarray(probs).argmax(1)
+    out = {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(CLASSES)), zero_division=0))}
+    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=range(len(CLASSES)), zero_division=0)
+    for k, c in enumerate(CLASSES):
+        out[f"{c}_precision"], out[f"{c}_recall"], out[f"{c}_f1"] = float(p[k]), float(r[k]), float(f[k])
+    mal = CLASSES.index("malignant")
+    is_mal, said_mal = y == mal, pred == mal
+    out["malignant_recall"] = float((said_mal & is_mal).sum() / max(is_mal.sum(), 1))
+    out["malignant_specificity"] = float((~said_mal & ~is_mal).sum() / max((~is_mal).sum(), 1))
+    try:
+        out["auc_ovr"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(len(CLASSES))))
+    except ValueError:  # a class missing from this sample
+        out["auc_ovr"] = float("nan")
+    return out
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(indices)`` over ``n`` cases resampled with
+    replacement (cases, i.e. images, are the unit)."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    vals = vals[~np.isnan(vals)]
+    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+
+
+def classification_with_ci(labels: Sequence[str], probs: np.ndarray, keys: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """``{key: {"value", "ci95"}}`` for the chosen headline metrics; every bootstrap resample
+    computes all keys at once (percentile intervals, images as the unit)."""
+    labels = np.asarray([str(x) for x in labels])
+    probs = np.asarray(probs)
+    point = classification_metrics(labels, probs)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        m = classification_metrics(labels[idx], probs[idx])
+        draws.append([m[k] for k in keys])
+    draws = np.array(draws, dtype=float)
+    out = {}
+    for j, key in enumerate(keys):
+        col = draws[:, j][~np.isnan(draws[:, j])]
+        out[key] = {"value": point[key], "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))] if len(col) else [float("nan")] * 2}
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def expected_calibration_error(labels: Sequence[str], probs: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of the top-class confidence: the average gap between confidence and accuracy,
+    weighted by how many cases fall in each confidence bin."""
+    y = _labels_to_idx(labels)
+    conf, pred = probs.max(1), probs.argmax(1)
+    bins = np.linspace(0, 1, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return float(ece)
+
+
+def reliability_curve(labels: Sequence[str], probs: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+    y = _labels_to_idx(labels)
+    conf, pred = probs.max(1), probs.argmax(1)
+    bins = np.linspace(0, 1, n_bins + 1)
+    rows = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            rows.append({"confidence": conf[sel].mean(), "accuracy": (pred[sel] == y[sel]).mean(), "count": int(sel.sum())})
+    return pd.DataFrame(rows)
+
+
+def fit_temperature(labels: Sequence[str], probs: np.ndarray) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of softmax(log p / T)
+    (Guo et al. 2017). Fit on validation data only; it changes confidence, never the ranking."""
+    from scipy.optimize import minimize_scalar
+
+    y = _labels_to_idx(labels)
+    logits = np.log(np.clip(probs, 1e-8, 1))
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
+    z = np.log(np.clip(probs, 1e-8, 1)) / t
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Predictive entropy (nats) per case: 0 when certain, log(3) when clueless."""
+    p = np.clip(probs, 1e-12, 1)
+    return -(p * np.log(p)).sum(1)
+
+
+def referral_curve(labels: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray) -> pd.DataFrame:
+    """Accuracy on the cases kept when the most uncertain fraction is referred to a human."""
+    y = _labels_to_idx(labels)
+    order = np.argsort(uncertainty)  # most certain first
+    correct = (probs.argmax(1) == y)[order]
+    n = len(y)
+    rows = []
+    for frac in np.linspace(0, 0.5, 11):
+        keep = max(1, int(round(n * (1 - frac))))
+        rows.append({"referred": frac, "accuracy": float(correct[:keep].mean())})
+    return pd.DataFrame(rows)

@@ -32,11 +32,16 @@ from .splits import LeakageError
 MANIFEST_COLUMNS = ["image_id", "label", "split", "fold", "mask_path", "model", "model_train_hash"]
 
 
+def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
+    """The 8-bit form masks are stored in (and the Predictor uses, so both see the same values)."""
+    return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+
+
 def save_prob_png(prob: np.ndarray, path: Path) -> None:
     """An 8-bit probability PNG (0-255), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    Image.fromarray(np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)).save(tmp)
+    Image.fromarray(prob_to_uint8(prob)).save(tmp)
     os.replace(tmp, path)
 
 

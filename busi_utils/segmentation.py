@@ -3,8 +3,7 @@
 The pieces, in the order a reader meets them in notebook 02:
 
 * :func:`seg_dataloaders` — a fastai ``DataBlock`` (image + mask) over resized arrays, with
-  augmentations that suit ultrasound (horizontal flip, small affine, brightness/contrast;
-  **no vertical flip**: depth has a direction), applied identically to image and mask;
+  :mod:`busi_utils.augment`'s ultrasound augmentations applied identically to image and mask;
 * :func:`build_segmenter` — ``light`` (a small U-Net sized for the CPU), ``attention`` (the same
   with attention gates on the skip connections) or ``resnet18``/``resnet34`` (fastai's
   ``DynamicUnet``), ImageNet weights only when already in the local torch cache;
@@ -182,14 +181,6 @@ def iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- data
 
 
-def ultrasound_augment(size: int):
-    """Augmentations that respect ultrasound: left-right flips are fine, up-down are not
-    (the transducer is at the top; shadows fall downwards)."""
-    from fastai.vision.augment import aug_transforms
-
-    return aug_transforms(do_flip=True, flip_vert=False, max_rotate=10.0, max_zoom=1.1, max_lighting=0.3, max_warp=0.0, p_affine=0.75, p_lighting=0.75, size=size)
-
-
 def norm_stats(store: ArrayStore, ids: Sequence[str]) -> tuple[float, float]:
     """Mean and std of the training images (0-1 scale): normalisation from training data only."""
     px = np.stack([store.image(i) for i in ids]).astype(np.float32) / 255.0
@@ -200,13 +191,15 @@ def seg_dataloaders(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
     """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays."""
     from fastai.vision.all import DataBlock, ImageBlock, IndexSplitter, MaskBlock, Normalize, PILImageBW, PILMask
 
+    from .augment import ultrasound_segmentation
+
     items = list(train_ids) + list(valid_ids)
     block = DataBlock(
         blocks=(ImageBlock(cls=PILImageBW), MaskBlock(codes=["background", "lesion"])),
         get_x=lambda i: PILImageBW.create(store.image(i)),
         get_y=lambda i: PILMask.create(store.mask(i).astype(np.uint8)),
         splitter=IndexSplitter(list(range(len(train_ids), len(items)))),
-        batch_tfms=[*(ultrasound_augment(size) if augment else []), Normalize.from_stats([stats[0]], [stats[1]])],
+        batch_tfms=[*(ultrasound_segmentation(size) if augment else []), Normalize.from_stats([stats[0]], [stats[1]])],
     )
     return block.dataloaders(items, bs=bs, num_workers=0, drop_last=True)
 
@@ -290,7 +283,7 @@ def predict_probs(model: nn.Module, images: np.ndarray, stats: Sequence[float], 
     model.eval()
     out = []
     for k in range(0, len(images), bs):
-        x = torch.from_numpy(images[k : k + bs]).float().div(255.0).unsqueeze(1)
+        x = torch.from_numpy(np.array(images[k : k + bs])).float().div(255.0).unsqueeze(1)
         x = (x - stats[0]) / stats[1]
         out.append(torch.sigmoid(model(x)).squeeze(1).numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)

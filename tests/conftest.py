@@ -53,3 +53,34 @@ def real_index(real_source):
 def real_groups(real_index):
     pairs = dedup.find_duplicate_pairs(real_index, progress=False)
     return dedup.group_duplicates(real_index, pairs)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """The whole course run once in the quick profile (real BUSI when BUSI_ROOT is set, else
+    synthetic). Returns the run folder and, per notebook, the papermill error or None."""
+    from busi_utils.course import course_notebooks, run_course
+
+    run_dir = tmp_path_factory.mktemp("run_quick")
+    errors: dict[str, BaseException | None] = {}
+    for nb in course_notebooks():
+        try:
+            run_course("quick", str(run_dir), only=[nb.name[:2]])
+            errors[nb.name] = None
+        except Exception as err:  # papermill's error names the failing cell
+            errors[nb.name] = err
+            break
+    return run_dir, errors
+
+
+@pytest.fixture(scope="session")
+def quick_paths(quick_run):
+    """The quick run's folder, once notebooks 01-05 have succeeded (else the test is skipped
+    as an error of the notebook test, which reports the real failure)."""
+    from busi_utils.config import RunPaths
+
+    run_dir, errors = quick_run
+    needed = [n for n in errors if n[:2] in ("01", "02", "03", "04", "05")]
+    if len(needed) < 5 or any(errors[n] for n in needed):
+        pytest.fail("the quick course run failed; see test_notebooks for the failing cell")
+    return RunPaths.for_profile("quick", run_dir)

@@ -12,24 +12,9 @@ import sys
 
 import pytest
 
-from busi_utils.course import course_notebooks, run_course
+from busi_utils.course import course_notebooks
 
 NOTEBOOKS = [p.name for p in course_notebooks()]
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """Run the whole course once in the quick profile; later notebooks need earlier ones."""
-    run_dir = tmp_path_factory.mktemp("run_quick")
-    errors: dict[str, BaseException | None] = {}
-    for name in NOTEBOOKS:
-        try:
-            run_course("quick", str(run_dir), only=[name[:2]])
-            errors[name] = None
-        except Exception as err:  # papermill's error names the failing cell
-            errors[name] = err
-            break
-    return run_dir, errors
 
 
 @pytest.mark.notebooks

@@ -1,0 +1,69 @@
+"""Explainability and uncertainty: Grad-CAM and test-time-augmentation entropy.
+
+Grad-CAM (Selvaraju et al. 2017) weights the last convolutional feature maps by the
+gradient of the class score: where the network *looked* for that class. It is a coarse
+heat map (the last ResNet stage is 1/32 of the input), a hint, not a proof.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .metrics import entropy
+
+
+def _last_conv_stage(model: nn.Module) -> nn.Module:
+    """fastai vision models are Sequential(body, head); the body's last child is the last stage."""
+    body = model[0]
+    return list(body.children())[-1]
+
+
+def grad_cam(model: nn.Module, x: np.ndarray, stats, target: int | None = None) -> tuple[np.ndarray, int]:
+    """Heat map in [0, 1] at input size for one input (C, S, S), and the class it explains
+    (the predicted one unless ``target`` is given)."""
+    model.eval()
+    layer = _last_conv_stage(model)
+    acts, grads = {}, {}
+    h1 = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    h2 = layer.register_full_backward_hook(lambda m, gi, go: grads.__setitem__("g", go[0]))
+    try:
+        mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
+        std = torch.tensor(stats[1]).view(1, -1, 1, 1)
+        xb = ((torch.from_numpy(x[None]) - mean) / std).requires_grad_(True)
+        logits = model(xb)
+        target = int(logits.argmax(1)) if target is None else target
+        model.zero_grad()
+        logits[0, target].backward()
+        weights = grads["g"].mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * acts["a"]).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    finally:
+        h1.remove()
+        h2.remove()
+    return (cam / cam.max() if cam.max() > 0 else cam), target
+
+
+def tta_views(x: np.ndarray, n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` views of a batch (N, C, S, S): identity, left-right flip, then small random
+    zoom-and-shift crops, applied to all channels alike (seeded)."""
+    views = [x, x[..., ::-1].copy()][:n]
+    rng = np.random.default_rng(seed)
+    s = x.shape[-1]
+    t = torch.from_numpy(x)
+    while len(views) < n:
+        scale = rng.uniform(0.9, 1.0)
+        dx, dy = rng.uniform(-0.05, 0.05, 2)
+        theta = torch.tensor([[scale, 0, dx], [0, scale, dy]], dtype=torch.float32).expand(len(x), 2, 3)
+        grid = F.affine_grid(theta, (len(x), x.shape[1], s, s), align_corners=False)
+        views.append(F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False).numpy())
+    return views
+
+
+def tta_predict(model: nn.Module, x: np.ndarray, stats, n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean class probabilities over ``n`` augmented views, and their predictive entropy."""
+    from .classification import predict_proba
+
+    probs = np.mean([predict_proba(model, v, stats) for v in tta_views(x, n, seed)], axis=0)
+    return probs, entropy(probs)

@@ -1,0 +1,86 @@
+"""Write the README's results table from a run's metrics.json (nothing typed by hand).
+
+    python scripts/results_table.py runs/cpu/metrics.json [--readme README.md]
+
+Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``. A run on
+synthetic data is refused: its numbers are software tests, not results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+VARIANTS = ["image_only", "image+pred_mask", "mask_only", "image+gt_mask"]
+ROLE = {"image_only": "baseline", "image+pred_mask": "**the method**", "mask_only": "shape alone", "image+gt_mask": "leaky upper bound (GT mask at test time)"}
+
+
+def fmt(value: float, ci: list[float] | None = None) -> str:
+    return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+
+
+def table(m: dict, when: str, machine: str) -> str:
+    seg = m["segmentation"]
+    lines = [
+        f"Run: profile `{m['profile']}`, seed {m['seed']}, data `{m['data']['kind']}` (hash {m['data'].get('dataset_hash', '?')}), "
+        f"{when}, {machine}; whole course {m['timing']['course_seconds'] / 60:.0f} min. Test split: {m['split']['test']} images, "
+        "touched once. 95% bootstrap intervals in brackets.",
+        "",
+        f"**Segmentation** (test lesion images): Dice {fmt(seg['dice_mean'], seg['dice_ci95'])}, IoU {seg['iou_mean']:.3f}; "
+        f"false-positive area on normal test scans {seg['normal_fp_area_mean']:.1%}.",
+        "",
+        "| classifier input | role | accuracy | macro-F1 | malignant recall | malignant specificity | AUC (OvR) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in VARIANTS:
+        c = m["classification"][v]
+        cells = [fmt(c[k], c.get(f"{k}_ci95")) for k in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr")]
+        lines.append(f"| `{v}` | {ROLE[v]} | " + " | ".join(cells) + " |")
+    leak = m.get("leakage", {})
+    if "random_split" in leak:
+        r = leak["random_split"]
+        lines += ["", f"**Leakage lesson:** on a random, ungrouped split {r['test_with_copy_in_train']} of {r['n_test']} test images have a copy in "
+                  f"training, and image-only accuracy reads {r['accuracy']:.3f} (grouped split: {leak['grouped_split']['accuracy']:.3f}). "
+                  f"The ground-truth-mask model scores {leak['gt_mask_model']['with_gt_masks']:.3f} with hand-drawn masks and "
+                  f"{leak['gt_mask_model']['with_predicted_masks']:.3f} with the U-Net's."]
+    cal = m.get("calibration")
+    if cal:
+        lines += ["", f"**Calibration** (method): ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation)."]
+    lines += ["", "Figures (written by notebook 05): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
+              "`figures/segmentation_dice.png`, `figures/referral.png`."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("metrics", type=Path)
+    ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parent.parent / "README.md")
+    ap.add_argument("--machine", default=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU")
+    args = ap.parse_args()
+    if not args.metrics.exists():
+        print(f"{args.metrics}: not found (run the course first)", file=sys.stderr)
+        return 1
+    m = json.loads(args.metrics.read_text())
+    if m["data"]["kind"] == "synthetic":
+        print(f"{args.metrics}: a synthetic-data run; the README shows results on BUSI only. Table not written.", file=sys.stderr)
+        return 0
+    if m["profile"] == "quick":
+        print(f"{args.metrics}: a quick-profile run (a test of the software); the README shows the cpu or gpu profile. Table not written.", file=sys.stderr)
+        return 0
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        print(f"{args.readme}: markers {START} / {END} not found", file=sys.stderr)
+        return 1
+    when = date.fromtimestamp(args.metrics.stat().st_mtime).isoformat()
+    new = text[: text.index(START) + len(START)] + "\n" + table(m, when, args.machine) + "\n" + text[text.index(END):]
+    args.readme.write_text(new)
+    print(f"README results table written from {args.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

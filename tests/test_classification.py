@@ -1,0 +1,77 @@
+"""Stage 2: what goes into the classifier, and that augmentation keeps channels aligned."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from busi_utils import classification as cls
+from busi_utils import data, oof, preprocess
+
+
+@pytest.fixture(scope="module")
+def variant_data(quick_paths):
+    from busi_utils import config
+
+    recipe = config.load_profile("quick")["classify"]
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    images = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False))
+    masks = oof.read_mask_manifest(quick_paths)
+    used = split[split["split"].isin(["train", "test"])]["image_id"].tolist()
+    return cls.VariantData(quick_paths, split, images, dict(zip(used, oof.load_masks(quick_paths, masks, used))), recipe["size"]), masks
+
+
+def test_channel_two_is_the_stored_oof_mask_never_the_truth(variant_data):
+    vd, masks = variant_data
+    x, y = vd.arrays("image+pred_mask", "train")
+    stats = cls.channel_stats(x)
+    dls = cls.cls_dataloaders(x, y, x, y, 16, stats, "weighted_loss", 0)
+    xb, _ = dls.valid.one_batch()  # validation batches are not shuffled nor augmented
+    xb = xb * torch.tensor(stats[1]).view(1, -1, 1, 1) + torch.tensor(stats[0]).view(1, -1, 1, 1)
+    ids = vd.train["image_id"].tolist()[: len(xb)]
+    stored = oof.load_masks(vd.paths, masks, ids)
+    expected = np.stack([cls.resize_prob(m, vd.size) for m in stored])
+    assert np.allclose(xb[:, 1].numpy(), expected, atol=1e-4)
+    truth = np.stack([vd.images.mask(i) for i in ids]).astype(np.float32)
+    lesion = truth.reshape(len(ids), -1).any(1)
+    assert np.abs(expected - truth)[lesion].mean() > 0.01  # not the ground truth
+    assert set(masks.set_index("image_id").loc[ids, "model"]) <= {f"unet_fold{k}.pt" for k in range(10)}
+
+
+def test_only_the_labelled_leaky_variant_sees_the_ground_truth(variant_data):
+    vd, _ = variant_data
+    ids = vd.train["image_id"].tolist()[:8]
+    truth = np.stack([vd.images.mask(i) for i in ids]).astype(np.float32)
+    for variant in cls.VARIANTS:
+        x = cls.build_inputs(variant, ids, vd.images, vd.pred_masks, vd.size)
+        assert x.shape[1] == len(cls.CHANNELS[variant])
+        has_truth = any(np.array_equal(x[:, c], truth) for c in range(x.shape[1]))
+        assert has_truth == (variant == "image+gt_mask"), variant
+
+
+def test_augmentation_moves_scan_and_mask_together():
+    """A dark square in channel 1 and the same square in channel 2: after fastai's
+    augmentation the dark pixels must still be where the mask is."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.6, 0.9, size=(32, 2, 64, 64)).astype(np.float32)
+    x[:, 1] = 0
+    for k in range(32):
+        r, c = rng.integers(8, 40, 2)
+        x[k, 0, r : r + 16, c : c + 16] = 0.05
+        x[k, 1, r : r + 16, c : c + 16] = 1.0
+    y = ["benign"] * 32
+    stats = ([0.5, 0.1], [0.3, 0.3])
+    dls = cls.cls_dataloaders(x, y, x[:4], y[:4], 16, stats, "weighted_loss", 0)
+    torch.manual_seed(1)
+    xb, _ = dls.train.one_batch()
+    xb = xb * torch.tensor(stats[1]).view(1, -1, 1, 1) + torch.tensor(stats[0]).view(1, -1, 1, 1)
+    for img, mask in zip(xb[:, 0], xb[:, 1] > 0.5):
+        assert mask.sum() > 50
+        assert img[mask].mean() < img[~mask].mean() - 0.3
+
+
+def test_class_weights_favour_rare_classes():
+    w = cls.class_weights(["benign"] * 6 + ["malignant"] * 3 + ["normal"] * 1)
+    normal, benign, malignant = w.tolist()
+    assert normal > malignant > benign

@@ -1,0 +1,66 @@
+"""Metric functions against values computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from busi_utils import metrics
+
+ONE_HOT = {"normal": [1, 0, 0], "benign": [0, 1, 0], "malignant": [0, 0, 1]}
+
+
+def probs_for(preds):
+    return np.array([ONE_HOT[p] for p in preds], dtype=float) * 0.9 + 0.1 / 3
+
+
+def test_perfect_classifier():
+    labels = ["normal", "benign", "malignant", "benign"]
+    m = metrics.classification_metrics(labels, probs_for(labels))
+    assert m["accuracy"] == m["macro_f1"] == m["malignant_recall"] == m["malignant_specificity"] == m["auc_ovr"] == 1.0
+
+
+def test_hand_computed_case():
+    labels = ["normal", "benign", "malignant", "malignant"]
+    preds = ["normal", "malignant", "malignant", "benign"]
+    m = metrics.classification_metrics(labels, probs_for(preds))
+    assert m["accuracy"] == 0.5
+    assert m["malignant_recall"] == 0.5  # one of two malignant found
+    assert m["malignant_specificity"] == 0.5  # of normal + benign, one called malignant
+    assert m["malignant_precision"] == 0.5 and m["normal_f1"] == 1.0 and m["benign_f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+
+
+def test_bootstrap_interval_contains_the_point_estimate():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.7, 0.1, 200)
+    lo, hi = metrics.bootstrap_ci(lambda idx: x[idx].mean(), len(x), 500, seed=1)
+    assert lo < x.mean() < hi and hi - lo < 0.06
+    labels = list(rng.choice(["normal", "benign", "malignant"], 120))
+    preds = [l if rng.random() < 0.7 else "benign" for l in labels]
+    res = metrics.classification_with_ci(labels, probs_for(preds), ["accuracy", "macro_f1"], n_boot=300)
+    for v in res.values():
+        assert v["ci95"][0] <= v["value"] <= v["ci95"][1]
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_classifier():
+    rng = np.random.default_rng(0)
+    classes = np.array(["normal", "benign", "malignant"])
+    y = rng.integers(0, 3, 600)
+    correct = rng.random(600) < 0.7
+    pred = np.where(correct, y, (y + rng.integers(1, 3, 600)) % 3)
+    probs = np.full((600, 3), 0.005)
+    probs[np.arange(600), pred] = 0.99  # 99% sure, 70% right
+    labels = classes[y]
+    t = metrics.fit_temperature(labels[:300], probs[:300])
+    before = metrics.expected_calibration_error(labels[300:], probs[300:])
+    after = metrics.expected_calibration_error(labels[300:], metrics.apply_temperature(probs[300:], t))
+    assert t > 1 and before > 0.2 and after < before / 2
+    assert (metrics.apply_temperature(probs, t).argmax(1) == probs.argmax(1)).all()
+
+
+def test_referral_curve_rises_when_uncertainty_tracks_errors():
+    labels = ["benign"] * 10
+    preds = ["benign"] * 8 + ["malignant"] * 2
+    unc = np.array([0.1] * 8 + [0.9] * 2)
+    curve = metrics.referral_curve(labels, probs_for(preds), unc)
+    assert curve["accuracy"].iloc[0] == 0.8 and curve["accuracy"].iloc[-1] == 1.0

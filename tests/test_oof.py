@@ -1,0 +1,88 @@
+"""Leakage-safe masks: proven from the manifest of a real quick-profile run."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from busi_utils import config, data, oof, preprocess
+from busi_utils import segmentation as seg
+from busi_utils.splits import LeakageError
+
+
+def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    masks = oof.read_mask_manifest(quick_paths)
+    used = split[split["split"].isin(["train", "test"])]
+    assert sorted(masks["image_id"]) == sorted(used["image_id"])
+    assert oof.check_leak_free(masks, split, quick_paths) == len(used)
+    by = masks.merge(split[["image_id", "fold"]], on="image_id", suffixes=("", "_split"))
+    train = by[by["split"] == "train"]
+    assert (train["model"] == "unet_fold" + train["fold_split"].astype(str) + ".pt").all()
+    assert set(by.loc[by["split"] == "test", "model"]) == {"unet_final.pt"}
+    assert set(masks.loc[masks["label"] == "normal", "split"]) <= {"train", "test"} and (masks["label"] == "normal").any()
+
+
+def test_a_fold_model_that_saw_its_own_fold_is_caught(quick_paths):
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    masks = oof.read_mask_manifest(quick_paths)
+    _, fold0 = seg.load_segmenter(quick_paths.masks / "unet_fold0.pt")
+    leaky = masks.copy()
+    sel = (leaky["split"] == "train") & (leaky["fold"] == 1)  # fold 0's model trained on fold 1
+    leaky.loc[sel, ["model", "model_train_hash"]] = ["unet_fold0.pt", fold0["train_ids_hash"]]
+    with pytest.raises(LeakageError, match="unet_fold0.pt"):
+        oof.check_leak_free(leaky, split, quick_paths)
+
+
+def test_a_replaced_model_file_is_caught(quick_paths):
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    masks = oof.read_mask_manifest(quick_paths).copy()
+    masks.loc[masks["model"] == "unet_fold1.pt", "model_train_hash"] = "0" * 16
+    with pytest.raises(LeakageError, match="replaced model"):
+        oof.check_leak_free(masks, split, quick_paths)
+
+
+def test_leak_through_a_duplicate_is_caught(quick_paths):
+    """An image whose *duplicate* (not itself) was in the predictor's training list."""
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    masks = oof.read_mask_manifest(quick_paths)
+    _, fold0 = seg.load_segmenter(quick_paths.masks / "unet_fold0.pt")
+    seen = set(fold0["train_ids"])
+    fold0_rows = masks[masks["model"] == "unet_fold0.pt"]
+    victim = fold0_rows["image_id"].iloc[0]
+    twin = next(i for i in fold0["train_ids"])
+    fake = split.copy()
+    fake.loc[fake["image_id"].isin([victim, twin]), "group"] = "dup:test"
+    assert victim not in seen
+    with pytest.raises(LeakageError, match="trained on"):
+        oof.check_leak_free(fold0_rows, fake, quick_paths)
+
+
+def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_path, monkeypatch):
+    paths = config.RunPaths.for_profile("quick", tmp_path / "run")
+    for name in ("index.csv", "split_manifest.csv", "source.json"):
+        shutil.copy(quick_paths.data / name, paths.data / name)
+    shutil.copy(quick_paths.models / "unet_final.pt", paths.models / "unet_final.pt")
+    split = pd.read_csv(paths.split_csv, keep_default_na=False)
+    recipe = config.load_profile("quick")["seg"]
+    store = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(paths.index_csv), recipe["size"], progress=False))
+    calls = []
+    real_train = seg.train_segmenter
+    monkeypatch.setattr(seg, "train_segmenter", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(k):
+        raise Killed
+
+    with pytest.raises(Killed):
+        oof.run_oof(paths, store, split, recipe, 42, progress=False, on_fold_done=kill_after_first)
+    assert len(calls) == 1
+    masks, records = oof.run_oof(paths, store, split, recipe, 42, progress=False)
+    n_folds = split.loc[split["split"] == "train", "fold"].nunique()
+    assert len(calls) == n_folds  # the finished fold was not trained again
+    assert [r["trained"] for r in records] == [False] + [True] * (n_folds - 1)
+    assert not list(paths.masks.rglob(".*tmp*"))  # no half-written file left
+    oof.check_leak_free(masks, split, paths)

@@ -1,0 +1,121 @@
+"""Stage 1: losses, metrics, the DataBlock's alignment, training items, export."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from busi_utils import dedup, metrics, preprocess, splits
+from busi_utils import segmentation as seg
+
+
+def logits_from(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.where(mask, 10.0, -10.0)).float()[None, None]
+
+
+EMPTY = np.zeros((8, 8), bool)
+BOX = EMPTY.copy()
+BOX[2:5, 2:5] = True
+OTHER = EMPTY.copy()
+OTHER[6:8, 6:8] = True
+
+
+@pytest.mark.parametrize("pred,truth,expected", [(EMPTY, EMPTY, 1.0), (BOX, BOX, 1.0), (BOX, OTHER, 0.0), (BOX, EMPTY, 0.0), (EMPTY, BOX, 0.0)])
+def test_dice_and_iou_on_hand_made_masks(pred, truth, expected):
+    d, i = metrics.dice_iou(pred, truth)
+    assert d == expected and i == expected
+    t = torch.from_numpy(truth.astype(np.int64))[None]
+    assert seg.dice(logits_from(pred), t).item() == pytest.approx(expected)
+    assert seg.iou(logits_from(pred), t).item() == pytest.approx(expected)
+
+
+def test_partial_overlap_by_hand():
+    half = EMPTY.copy()
+    half[2:5, 2:4] = True  # 6 of the box's 9 pixels
+    d, i = metrics.dice_iou(half, BOX)
+    assert d == pytest.approx(2 * 6 / 15) and i == pytest.approx(6 / 9)
+
+
+@pytest.mark.parametrize("loss_cls", [seg.DiceBCELoss, seg.DiceFocalLoss])
+def test_losses_rank_perfect_below_disjoint(loss_cls):
+    loss = loss_cls()
+    t = torch.from_numpy(BOX.astype(np.int64))[None]
+    perfect, disjoint = loss(logits_from(BOX), t).item(), loss(logits_from(OTHER), t).item()
+    assert perfect < 0.05 and disjoint > 0.9
+
+
+@pytest.fixture(scope="module")
+def synthetic_split(synthetic_index):
+    groups = dedup.group_duplicates(synthetic_index, dedup.find_duplicate_pairs(synthetic_index, progress=False))
+    return splits.make_split(groups, n_folds=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def store64(synthetic_index):
+    return preprocess.ArrayStore(preprocess.resized_arrays(synthetic_index, 64, progress=False))
+
+
+def test_training_items_hold_no_test_and_no_normal_image(synthetic_split):
+    ids = seg.lesion_train_ids(synthetic_split, exclude_fold=0)
+    m = synthetic_split.set_index("image_id").loc[ids]
+    assert (m["split"] == "train").all() and (m["label"] != "normal").all() and (m["fold"] != 0).all()
+    seg.check_training_items(synthetic_split, ids)
+    test_id = synthetic_split.query("split == 'test'")["image_id"].iloc[0]
+    with pytest.raises(AssertionError, match=test_id.replace("(", r"\(").replace(")", r"\)")):
+        seg.check_training_items(synthetic_split, ids + [test_id])
+
+
+def test_augmented_batches_keep_lesion_under_its_mask(synthetic_split, store64):
+    """Synthetic lesions are dark: after augmentation, pixels under the mask must stay darker
+    than the rest, far more than under a mirrored (misaligned) mask."""
+    ids = seg.lesion_train_ids(synthetic_split)
+    dls = seg.seg_dataloaders(store64, ids, ids[:4], 64, 16, seg.norm_stats(store64, ids))
+    torch.manual_seed(0)
+    checked = 0
+    for _ in range(3):
+        xb, yb = dls.train.one_batch()
+        for x, y in zip(xb[:, 0], yb.bool()):
+            if y.sum() < 20 or (~y).sum() < 20:
+                continue
+            aligned = x[~y].mean() - x[y].mean()
+            mirrored = y.flip(0)  # up-down mirror: a mask that no longer covers the lesion
+            assert aligned > 0.5, "lesion pixels are not darker under the augmented mask"
+            if (mirrored & ~y).sum() > 20:
+                assert aligned > x[~mirrored].mean() - x[mirrored].mean()
+            checked += 1
+    assert checked >= 10
+
+
+def test_augmentation_has_no_vertical_flip():
+    from busi_utils.augment import ultrasound_segmentation
+
+    tfms = ultrasound_segmentation(64)
+    flip = [t for t in tfms if type(t).__name__ == "Flip"]
+    assert flip and all(getattr(t, "p", 0) > 0 for t in flip)
+    assert not any(type(t).__name__ in ("Dihedral", "DihedralItem") for t in tfms)
+
+
+@pytest.mark.parametrize("arch", ["light", "attention"])
+def test_models_map_image_to_same_size_logits(arch):
+    model = seg.build_segmenter(arch, base=4, size=64, verbose=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_resnet_unet_trains_from_scratch_without_download(monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("attempted a download"))
+    model = seg.build_segmenter("resnet18", size=64, verbose=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_export_round_trip_and_resume(synthetic_split, store64, tmp_path):
+    ids = seg.lesion_train_ids(synthetic_split, exclude_fold=0)
+    recipe = {"arch": "light", "base": 4, "size": 64, "epochs": 1, "batch_size": 8, "lr": 1e-3, "loss": "dice_bce"}
+    model, history, info, trained = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
+    assert trained and info["train_ids"] == sorted(ids) and len(history) == 1
+    again, _, info2, trained2 = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
+    assert not trained2 and info2["train_ids_hash"] == info["train_ids_hash"]
+    imgs = np.stack([store64.image(i) for i in ids[:4]])
+    assert np.allclose(seg.predict_probs(model, imgs, info["stats"]), seg.predict_probs(again, imgs, info2["stats"]), atol=1e-6)
