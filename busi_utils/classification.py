@@ -16,7 +16,6 @@ variant              channels                             role
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +70,7 @@ def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.nda
     xs = np.concatenate([x_train, x_valid])
     ys = list(y_train) + list(y_valid)
     n_train = len(x_train)
-    dsets = Datasets(list(range(len(xs))), tfms=[[lambda i: TensorImage(torch.from_numpy(xs[i]))], [lambda i: ys[i], Categorize(vocab=list(CLASSES))]],
+    dsets = Datasets(list(range(len(xs))), tfms=[[lambda i: TensorImage(torch.from_numpy(xs[i]))], [lambda i: ys[i], Categorize(vocab=list(CLASSES), sort=False)]],
                      splits=[list(range(n_train)), list(range(n_train, len(xs)))])
     from .augment import ultrasound_multichannel
 
@@ -163,18 +162,17 @@ def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, flip: bo
 
 
 def save_classifier(path: Path, model: nn.Module, info: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
+    from .config import save_checkpoint
+
+    save_checkpoint(path, model.state_dict(), info)
 
 
 def load_classifier(path: Path) -> tuple[nn.Module, dict]:
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    info = ckpt["info"]
+    from .config import load_checkpoint
+
+    state, info = load_checkpoint(path)
     model = build_classifier(info["recipe"]["arch"], info["n_in"], pretrained=False)
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state)
     return model.eval(), info
 
 

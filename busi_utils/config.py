@@ -134,3 +134,23 @@ def cached_csv(path: Path, make: "Callable[[], Any]") -> "Any":
     df = make()
     atomic_write_text(path, df.to_csv(index=False))
     return df
+
+
+def save_checkpoint(path: Path, state_dict: dict, info: dict) -> None:
+    """Weights plus the recipe that rebuilds and audits the model, written atomically:
+    a portable export (no pickled code), so loading needs only this package."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"state_dict": state_dict, "info": info}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint`."""
+    import torch
+
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["info"]

@@ -16,7 +16,6 @@ The pieces, in the order a reader meets them in notebook 02:
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -260,20 +259,19 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
 
 def save_segmenter(path: Path, model: nn.Module, info: dict) -> None:
     """Weights + everything needed to rebuild and audit the model, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
+    from .config import save_checkpoint
+
+    save_checkpoint(path, model.state_dict(), info)
 
 
 def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild the exported U-Net (no download, no pickled code)."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    info = ckpt["info"]
+    from .config import load_checkpoint
+
+    state, info = load_checkpoint(path)
     r = info["recipe"]
     model = build_segmenter(r["arch"], r.get("base", 16), r["size"], pretrained=False, verbose=False)
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state)
     return model.eval(), info
 
 

@@ -75,3 +75,16 @@ def test_class_weights_favour_rare_classes():
     w = cls.class_weights(["benign"] * 6 + ["malignant"] * 3 + ["normal"] * 1)
     normal, benign, malignant = w.tolist()
     assert normal > malignant > benign
+
+
+def test_class_order_is_the_same_everywhere():
+    """fastai sorts a vocab unless told not to; probabilities, weights and labels must all use
+    CLASSES order (normal, benign, malignant) or every metric is silently permuted."""
+    from busi_utils.config import CLASSES
+
+    x = np.zeros((6, 1, 16, 16), np.float32)
+    y = ["normal", "benign", "malignant"] * 2
+    dls = cls.cls_dataloaders(x, y, x, y, 3, ([0.0], [1.0]), "weighted_loss", 0)
+    assert list(dls.vocab) == list(CLASSES)
+    _, yb = dls.valid.one_batch()
+    assert [CLASSES[int(i)] for i in yb] == y[:3]

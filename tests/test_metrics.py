@@ -64,3 +64,21 @@ def test_referral_curve_rises_when_uncertainty_tracks_errors():
     unc = np.array([0.1] * 8 + [0.9] * 2)
     curve = metrics.referral_curve(labels, probs_for(preds), unc)
     assert curve["accuracy"].iloc[0] == 0.8 and curve["accuracy"].iloc[-1] == 1.0
+
+
+def test_quick_run_metrics_json_has_every_key(quick_run, quick_paths):
+    import json
+
+    m = json.loads(quick_paths.metrics_json.read_text())
+    for key in ("dice_mean", "dice_ci95", "iou_mean"):
+        assert key in m["segmentation"]
+    lo, hi = m["segmentation"]["dice_ci95"]
+    assert lo <= m["segmentation"]["dice_mean"] <= hi
+    for variant in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask"):
+        for key in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"):
+            assert key in m["classification"][variant], (variant, key)
+    assert m["profile"] == "quick" and isinstance(m["seed"], int)
+    assert m["data"]["kind"] in ("zip", "folder", "kaggle", "synthetic") and len(m["data"]["dataset_hash"]) == 16
+    notebooks = m["timing"]["notebooks"]
+    assert {"01_eda", "05_evaluation", "06_interactive_inference"} <= set(notebooks)  # the runner adds the last ones
+    assert m["timing"]["course_seconds"] == pytest.approx(sum(notebooks.values()), abs=0.5)
