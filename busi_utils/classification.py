@@ -76,7 +76,7 @@ def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.nda
 
     after = [*ultrasound_multichannel(x_train.shape[-1]), Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
     if balance == "sampler":
-        from fastai.callback.data import Datasets as _  # noqa: F401  (adds Datasets.weighted_dataloaders)
+        import fastai.callback.data  # noqa: F401  (patches Datasets.weighted_dataloaders in)
 
         counts = pd.Series(list(y_train)).value_counts()
         wgts = np.array([1.0 / counts[y] for y in y_train])

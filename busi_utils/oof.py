@@ -135,3 +135,28 @@ def load_masks(paths: RunPaths, mask_manifest: pd.DataFrame, ids) -> np.ndarray:
     """Stored probability masks for ``ids``, in that order."""
     where = mask_manifest.set_index("image_id")["mask_path"]
     return np.stack([load_prob_png(paths.masks / where[i]) for i in ids])
+
+
+IN_SAMPLE, OUT_OF_FOLD, TEST = "in-sample (final U-Net, seen)", "out-of-fold (unseen)", "test (final U-Net, unseen)"
+
+
+def mask_quality(paths: RunPaths, split: pd.DataFrame, store: ArrayStore, mask_manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per-image Dice/IoU of three kinds of predicted masks, on lesion images:
+
+    * in-sample: stage 1's final U-Net on the images it trained on (what a leaky pipeline uses),
+    * out-of-fold: the stored masks of those same images (what this course uses),
+    * test: the stored masks of the test split.
+
+    One row per image and kind, with columns dice, iou, kind, image_id.
+    """
+    model, info = seg.load_segmenter(paths.models / "unet_final.pt")
+    lesion = split[(split["label"] != "normal") & split["split"].isin(["train", "test"])]
+    seen = sorted(set(info["train_ids"]) & set(lesion["image_id"]))
+    test = lesion.loc[lesion["split"] == "test", "image_id"].tolist()
+    parts = [
+        (IN_SAMPLE, seen, seg.predict_probs(model, np.stack([store.image(i) for i in seen]), info["stats"])),
+        (OUT_OF_FOLD, seen, load_masks(paths, mask_manifest, seen)),
+        (TEST, test, load_masks(paths, mask_manifest, test)),
+    ]
+    return pd.concat([seg.score_masks(probs, np.stack([store.mask(i) for i in ids])).assign(kind=kind, image_id=ids) for kind, ids, probs in parts],
+                     ignore_index=True)

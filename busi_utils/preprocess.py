@@ -7,7 +7,6 @@ loaded into memory (780 images at 128 px are 13 MB).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -231,7 +231,6 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
     tmp = Path(tempfile.mkdtemp(prefix="busi-seg-"))
     learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".")
     if not show_progress:
-        learn.remove_cb(learn.progress) if hasattr(learn, "progress") else None
         from fastai.callback.progress import ProgressCallback
 
         learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])

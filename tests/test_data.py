@@ -19,8 +19,8 @@ def snapshot(root: Path) -> dict:
 
 def test_synthetic_dataset_has_busi_layout(synthetic_root):
     assert synthetic_root.name == "Dataset_BUSI_with_GT"
-    files = list_names = {p.name for p in synthetic_root.rglob("*.png")}
-    assert "benign (1)_mask_1.png" in files and "malignant (1).png" in list_names
+    files = {p.name for p in synthetic_root.rglob("*.png")}
+    assert "benign (1)_mask_1.png" in files and "malignant (1).png" in files
     assert Image.open(synthetic_root / "benign" / "benign (5).png").mode == "RGB"
     modes = {Image.open(p).mode for p in synthetic_root.rglob("*_mask.png")}
     assert {"1", "RGB", "RGBA"} <= modes
@@ -229,7 +229,8 @@ def test_synthetic_fallback_is_loud(tmp_path, monkeypatch):
 
 
 def test_synthetic_generator_is_seeded(tmp_path):
-    a = make = __import__("busi_utils.synthetic", fromlist=["x"]).make_synthetic_busi
+    from busi_utils.synthetic import make_synthetic_busi as make
+
     r1 = make(tmp_path / "a", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)
     r2 = make(tmp_path / "b", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)
     assert data.dataset_hash(data.build_index(r1, progress=False)) == data.dataset_hash(data.build_index(r2, progress=False))

@@ -86,3 +86,18 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     assert [r["trained"] for r in records] == [False] + [True] * (n_folds - 1)
     assert not list(paths.masks.rglob(".*tmp*"))  # no half-written file left
     oof.check_leak_free(masks, split, paths)
+
+
+def test_mask_quality_compares_the_same_images_seen_and_unseen(quick_paths):
+    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    recipe = config.load_profile("quick")["seg"]
+    store = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False))
+    table = oof.mask_quality(quick_paths, split, store, oof.read_mask_manifest(quick_paths))
+    seen = table[table["kind"] == oof.IN_SAMPLE]
+    unseen = table[table["kind"] == oof.OUT_OF_FOLD]
+    assert list(seen["image_id"]) == list(unseen["image_id"]) and len(seen)
+    _, final = seg.load_segmenter(quick_paths.models / "unet_final.pt")
+    assert set(seen["image_id"]) <= set(final["train_ids"])  # in-sample means: the model trained on them
+    test = table[table["kind"] == oof.TEST]
+    assert set(test["image_id"]) == set(split.query("split == 'test' and label != 'normal'")["image_id"])
+    assert table["dice"].between(0, 1).all()
