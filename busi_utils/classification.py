@@ -188,6 +188,18 @@ def variant_file(variant: str) -> str:
     return variant.replace("+", "_plus_")
 
 
+def masks_hash(pred_masks: dict[str, np.ndarray] | None) -> str:
+    """Fingerprint of the predicted masks a classifier trained with: new masks (a retrained
+    U-Net) mean a new classifier, never a stale one resumed from the run folder."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in sorted(pred_masks or {}):
+        h.update(i.encode())
+        h.update(np.ascontiguousarray(pred_masks[i], dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 class VariantData:
     """Everything a variant trains and is tested on, built once per notebook run."""
 
@@ -197,6 +209,7 @@ class VariantData:
         self.train = pool[pool["fold"] != 0]
         self.valid = pool[pool["fold"] == 0]
         self.test = split[split["split"] == "test"]
+        self.masks_hash = masks_hash(pred_masks)
 
     def arrays(self, variant: str, part: str) -> tuple[np.ndarray, list[str]]:
         rows = getattr(self, part)
@@ -210,12 +223,13 @@ def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int,
     hist_path = path.with_suffix(".history.csv")
     if path.exists() and hist_path.exists():
         _, info = load_classifier(path)
-        if info["recipe"] == dict(recipe) and info["seed"] == seed and info["balance"] == balance:
+        if info["recipe"] == dict(recipe) and info["seed"] == seed and info["balance"] == balance and info.get("masks_hash") == vd.masks_hash:
             return info, pd.read_csv(hist_path), False
     x_tr, y_tr = vd.arrays(variant, "train")
     x_va, y_va = vd.arrays(variant, "valid")
     model, history, info = train_classifier(x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress)
     info["variant"] = variant
+    info["masks_hash"] = vd.masks_hash
     info["train_ids"] = sorted(vd.train["image_id"])
     for part in ("valid", "test"):
         x, y = vd.arrays(variant, part)

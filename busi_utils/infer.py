@@ -153,7 +153,7 @@ class Predictor:
 
         gray = to_grayscale(image)
         small, _ = preprocess.resize_pair(gray, None, self.seg_size)
-        prob = seg.predict_probs(self.unet, small[None], self.unet_info["stats"])[0]
+        prob = seg.predict_masks(self.unet, self.unet_info, small[None])[0]
         prob = oof.prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
         store = _SingleImage(preprocess.resize_pair(gray, None, self.cls_size)[0])
         x = cls.build_inputs("image+pred_mask", ["x"], store, {"x": prob}, self.cls_size)

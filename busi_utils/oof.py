@@ -11,7 +11,8 @@ it will never get at test time. So:
   and the hash of that model's training list; :func:`check_leak_free` proves from the
   manifest that no image (nor any duplicate of it) was in its predictor's training list.
 
-The run resumes: a fold whose masks are all in the manifest is skipped; files are written
+The run resumes: a fold whose masks are all in the manifest, made by a model with the same
+fingerprint (recipe, seed, training list), is skipped; files are written
 atomically, the manifest last.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .config import RunPaths, atomic_write_text
 from .preprocess import ArrayStore
 from .splits import LeakageError
 
-MANIFEST_COLUMNS = ["image_id", "label", "split", "fold", "mask_path", "model", "model_train_hash"]
+MANIFEST_COLUMNS = ["image_id", "label", "split", "fold", "mask_path", "model", "model_train_hash", "model_fingerprint"]
 
 
 def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
@@ -53,20 +54,22 @@ def read_mask_manifest(paths: RunPaths) -> pd.DataFrame:
     path = paths.masks / "manifest.csv"
     if not path.exists():
         return pd.DataFrame(columns=MANIFEST_COLUMNS)
-    return pd.read_csv(path, keep_default_na=False)
+    manifest = pd.read_csv(path, keep_default_na=False)
+    return manifest.reindex(columns=MANIFEST_COLUMNS, fill_value="")  # older manifests: no fingerprint, so recomputed
 
 
 def _predict_and_record(paths: RunPaths, store: ArrayStore, rows: pd.DataFrame, model, info: dict, model_name: str, done: pd.DataFrame, progress: bool) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     ids = rows["image_id"].tolist()
-    probs = seg.predict_probs(model, np.stack([store.image(i) for i in ids]), info["stats"]) if ids else []
+    probs = seg.predict_masks(model, info, np.stack([store.image(i) for i in ids])) if ids else []
     new = []
     for (_, r), p in tqdm(list(zip(rows.iterrows(), probs)), desc=f"masks from {model_name}", disable=not progress, leave=False):
         rel = Path(r["split"]) / f"{r['image_id']}.png"
         save_prob_png(p, paths.masks / rel)
         new.append({"image_id": r["image_id"], "label": r["label"], "split": r["split"], "fold": int(r["fold"]), "mask_path": str(rel),
-                    "model": model_name, "model_train_hash": info["train_ids_hash"]})
+                    "model": model_name, "model_train_hash": info["train_ids_hash"],
+                    "model_fingerprint": seg.model_fingerprint(info["recipe"], info["seed"], info["train_ids_hash"])})
     manifest = pd.concat([done[~done["image_id"].isin(ids)], pd.DataFrame(new, columns=MANIFEST_COLUMNS)], ignore_index=True)
     atomic_write_text(paths.masks / "manifest.csv", manifest.to_csv(index=False))  # last: the fold is done
     return manifest
@@ -85,7 +88,8 @@ def run_oof(paths: RunPaths, store: ArrayStore, split: pd.DataFrame, recipe: dic
         fold_rows = split[(split["split"] == "train") & (split["fold"] == k)]
         train_ids = seg.lesion_train_ids(split, exclude_fold=k)
         name = f"unet_fold{k}.pt"
-        have = manifest[(manifest["model"] == name) & (manifest["model_train_hash"] == seg.ids_hash(train_ids))]
+        fingerprint = seg.model_fingerprint(recipe, seed + 1 + k, seg.ids_hash(train_ids))
+        have = manifest[(manifest["model"] == name) & (manifest["model_fingerprint"] == fingerprint)]
         if set(fold_rows["image_id"]) <= set(have["image_id"]) and (paths.masks / name).exists():
             records.append({"fold": k, "trained": False, "seconds": 0.0})
             continue
@@ -101,7 +105,8 @@ def run_oof(paths: RunPaths, store: ArrayStore, split: pd.DataFrame, recipe: dic
     if not final_path.exists():
         raise FileNotFoundError(f"{final_path}: stage 1's final U-Net is missing; run notebook 02 first")
     model, info = seg.load_segmenter(final_path)
-    have = manifest[(manifest["model"] == "unet_final.pt") & (manifest["model_train_hash"] == info["train_ids_hash"])]
+    fingerprint = seg.model_fingerprint(info["recipe"], info["seed"], info["train_ids_hash"])
+    have = manifest[(manifest["model"] == "unet_final.pt") & (manifest["model_fingerprint"] == fingerprint)]
     if not set(test_rows["image_id"]) <= set(have["image_id"]):
         manifest = _predict_and_record(paths, store, test_rows, model, info, "unet_final.pt", manifest, progress)
     return manifest, records
@@ -154,7 +159,7 @@ def mask_quality(paths: RunPaths, split: pd.DataFrame, store: ArrayStore, mask_m
     seen = sorted(set(info["train_ids"]) & set(lesion["image_id"]))
     test = lesion.loc[lesion["split"] == "test", "image_id"].tolist()
     parts = [
-        (IN_SAMPLE, seen, seg.predict_probs(model, np.stack([store.image(i) for i in seen]), info["stats"])),
+        (IN_SAMPLE, seen, seg.predict_masks(model, info, np.stack([store.image(i) for i in seen]))),
         (OUT_OF_FOLD, seen, load_masks(paths, mask_manifest, seen)),
         (TEST, test, load_masks(paths, mask_manifest, test)),
     ]

@@ -275,15 +275,37 @@ def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray, stats: Sequence[float], bs: int = 32) -> np.ndarray:
-    """Lesion probabilities (N, S, S) float32 for resized grayscale images (N, S, S) uint8."""
+def predict_probs(model: nn.Module, images: np.ndarray, stats: Sequence[float], bs: int = 32, flip: bool = False) -> np.ndarray:
+    """Lesion probabilities (N, S, S) float32 for resized grayscale images (N, S, S) uint8.
+
+    ``flip``: average with the prediction on the left-right mirrored image (test-time
+    augmentation; mirroring is one of the training augmentations, so both views are familiar).
+    """
     model.eval()
     out = []
     for k in range(0, len(images), bs):
         x = torch.from_numpy(np.array(images[k : k + bs])).float().div(255.0).unsqueeze(1)
         x = (x - stats[0]) / stats[1]
-        out.append(torch.sigmoid(model(x)).squeeze(1).numpy())
+        p = torch.sigmoid(model(x))
+        if flip:
+            p = (p + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
+        out.append(p.squeeze(1).numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
+
+
+def predict_masks(model: nn.Module, info: dict, images: np.ndarray) -> np.ndarray:
+    """Lesion probabilities the way the model's recipe says to predict them (normalisation,
+    flip TTA): the one inference path of notebooks 02/03, the mask manifest and the Predictor."""
+    return predict_probs(model, images, info["stats"], flip=bool(info["recipe"].get("tta_flip", False)))
+
+
+def model_fingerprint(recipe: dict, seed: int, train_ids_hash: str) -> str:
+    """What makes two U-Nets the same model: recipe, seed and training list. Stored with every
+    predicted mask so that a changed profile invalidates stale masks instead of reusing them."""
+    import json
+
+    blob = json.dumps({"recipe": dict(recipe), "seed": int(seed), "train": train_ids_hash}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def lesion_train_ids(manifest: pd.DataFrame, exclude_fold: int | None = None) -> list[str]:

@@ -37,9 +37,9 @@ def main() -> None:
         recipe = {"arch": arch, "base": int(base), "size": int(size), "epochs": int(epochs), "batch_size": 16, "lr": 3e-3, "loss": "dice_bce"}
         model, hist, info = seg.train_segmenter(store, train_ids, valid_ids, recipe, args.seed, select_on_valid=True, show_progress=False)
         imgs = np.stack([store.image(i) for i in valid_ids])
-        seg.predict_probs(model, imgs[:16], info["stats"])
+        seg.predict_masks(model, info, imgs[:16])
         t = time.perf_counter()
-        seg.predict_probs(model, imgs, info["stats"])
+        seg.predict_masks(model, info, imgs)
         infer_ms = (time.perf_counter() - t) / len(imgs) * 1000
         row = {"arch": arch, "base": int(base), "size": int(size), "epochs": int(epochs), "params_M": round(seg.n_params(model) / 1e6, 2),
                "s_per_epoch": info["seconds_per_epoch"], "infer_ms_per_image": round(infer_ms, 1),
@@ -48,7 +48,7 @@ def main() -> None:
         print(row, flush=True)
         rows = [r for r in rows if (r["arch"], r["base"], r["size"], r["epochs"]) != (arch, int(base), int(size), int(epochs))] + [row]
         config.atomic_write_text(out_csv, pd.DataFrame(rows).to_csv(index=False))
-    print(pd.DataFrame(rows).to_markdown(index=False) if hasattr(pd.DataFrame, "to_markdown") else pd.DataFrame(rows))
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -88,3 +88,13 @@ def test_class_order_is_the_same_everywhere():
     assert list(dls.vocab) == list(CLASSES)
     _, yb = dls.valid.one_batch()
     assert [CLASSES[int(i)] for i in yb] == y[:3]
+
+
+def test_new_masks_mean_a_new_classifier_not_a_resumed_one(variant_data):
+    vd, _ = variant_data
+    masks = dict(vd.pred_masks)
+    assert cls.masks_hash(masks) == vd.masks_hash
+    first = next(iter(masks))
+    masks[first] = masks[first].copy()
+    masks[first][0, 0] = 1.0 - masks[first][0, 0]
+    assert cls.masks_hash(masks) != vd.masks_hash

@@ -31,3 +31,23 @@ def test_notebook_executes_and_passes_nbval(quick_run, name):
         capture_output=True, text=True, cwd=executed.parent,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_reads_like_a_chapter(name):
+    """Prose in markdown cells (not '#'-prefixed lines, which render as a heading each), a title
+    first, and exactly one cell tagged ``parameters`` for papermill."""
+    import nbformat
+
+    nb = nbformat.read(next(p for p in course_notebooks() if p.name == name), as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "the first cell is the chapter title"
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        lines = [line for line in cell.source.splitlines() if line.strip()]
+        headings = [line for line in lines if line.startswith("#")]
+        assert len(headings) <= 1, f"markdown cell {k} has {len(headings)} heading lines: {headings[:3]}"
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs are build artefacts: keep them out of git"

@@ -86,6 +86,13 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     assert [r["trained"] for r in records] == [False] + [True] * (n_folds - 1)
     assert not list(paths.masks.rglob(".*tmp*"))  # no half-written file left
     oof.check_leak_free(masks, split, paths)
+    # a changed recipe makes every stored fold mask stale: all folds are trained and predicted again
+    changed = dict(recipe, epochs=1)
+    masks2, records2 = oof.run_oof(paths, store, split, changed, 42, progress=False)
+    assert len(calls) == 2 * n_folds and all(r["trained"] for r in records2)
+    folds = masks2[masks2["split"] == "train"]
+    assert set(folds["model_fingerprint"]).isdisjoint(masks.loc[masks["split"] == "train", "model_fingerprint"])
+    oof.check_leak_free(masks2, split, paths)
 
 
 def test_mask_quality_compares_the_same_images_seen_and_unseen(quick_paths):

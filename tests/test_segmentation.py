@@ -118,3 +118,29 @@ def test_export_round_trip_and_resume(synthetic_split, store64, tmp_path):
     assert not trained2 and info2["train_ids_hash"] == info["train_ids_hash"]
     imgs = np.stack([store64.image(i) for i in ids[:4]])
     assert np.allclose(seg.predict_probs(model, imgs, info["stats"]), seg.predict_probs(again, imgs, info2["stats"]), atol=1e-6)
+
+
+def test_flip_tta_is_mirror_equivariant_and_follows_the_recipe(synthetic_split, store64):
+    """With flip TTA, predicting the mirrored scan gives exactly the mirrored mask; the recipe
+    (stored with the model) decides whether notebooks, OOF masks and the Predictor use it."""
+    torch.manual_seed(0)
+    model = seg.build_segmenter("light", base=4, size=64, verbose=False).eval()
+    ids = seg.lesion_train_ids(synthetic_split)[:3]
+    imgs = np.stack([store64.image(i) for i in ids])
+    stats = (0.3, 0.2)
+    tta = seg.predict_probs(model, imgs, stats, flip=True)
+    mirrored = seg.predict_probs(model, imgs[:, :, ::-1].copy(), stats, flip=True)
+    assert np.allclose(mirrored, tta[:, :, ::-1], atol=1e-5)
+    plain = seg.predict_probs(model, imgs, stats)
+    assert not np.allclose(plain, tta, atol=1e-4)  # an untrained net is not symmetric: TTA changed something
+    info = {"stats": stats, "recipe": {"tta_flip": True}}
+    assert np.allclose(seg.predict_masks(model, info, imgs), tta)
+    assert np.allclose(seg.predict_masks(model, {"stats": stats, "recipe": {}}, imgs), plain)
+
+
+def test_model_fingerprint_changes_with_recipe_seed_and_training_list():
+    recipe = {"arch": "light", "epochs": 12}
+    base = seg.model_fingerprint(recipe, 1, "abc")
+    assert base == seg.model_fingerprint(dict(recipe), 1, "abc")
+    assert len({base, seg.model_fingerprint({**recipe, "epochs": 16}, 1, "abc"), seg.model_fingerprint(recipe, 2, "abc"),
+                seg.model_fingerprint(recipe, 1, "abd")}) == 4
