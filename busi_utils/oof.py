@@ -69,7 +69,7 @@ def _predict_and_record(paths: RunPaths, store: ArrayStore, rows: pd.DataFrame, 
         save_prob_png(p, paths.masks / rel)
         new.append({"image_id": r["image_id"], "label": r["label"], "split": r["split"], "fold": int(r["fold"]), "mask_path": str(rel),
                     "model": model_name, "model_train_hash": info["train_ids_hash"],
-                    "model_fingerprint": seg.model_fingerprint(info["recipe"], info["seed"], info["train_ids_hash"])})
+                    "model_fingerprint": seg.info_fingerprint(info)})
     manifest = pd.concat([done[~done["image_id"].isin(ids)], pd.DataFrame(new, columns=MANIFEST_COLUMNS)], ignore_index=True)
     atomic_write_text(paths.masks / "manifest.csv", manifest.to_csv(index=False))  # last: the fold is done
     return manifest
@@ -105,7 +105,7 @@ def run_oof(paths: RunPaths, store: ArrayStore, split: pd.DataFrame, recipe: dic
     if not final_path.exists():
         raise FileNotFoundError(f"{final_path}: stage 1's final U-Net is missing; run notebook 02 first")
     model, info = seg.load_segmenter(final_path)
-    fingerprint = seg.model_fingerprint(info["recipe"], info["seed"], info["train_ids_hash"])
+    fingerprint = seg.info_fingerprint(info)
     have = manifest[(manifest["model"] == "unet_final.pt") & (manifest["model_fingerprint"] == fingerprint)]
     if not set(test_rows["image_id"]) <= set(have["image_id"]):
         manifest = _predict_and_record(paths, store, test_rows, model, info, "unet_final.pt", manifest, progress)

@@ -308,6 +308,11 @@ def model_fingerprint(recipe: dict, seed: int, train_ids_hash: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def info_fingerprint(info: dict) -> str:
+    """:func:`model_fingerprint` of a saved model, from the info stored beside its weights."""
+    return model_fingerprint(info["recipe"], info["seed"], info["train_ids_hash"])
+
+
 def lesion_train_ids(manifest: pd.DataFrame, exclude_fold: int | None = None) -> list[str]:
     """Training-pool images with real lesions (benign, malignant), optionally leaving one fold out.
     Never a hold-out test image, never a normal image (an empty mask teaches nothing about shape)."""
