@@ -23,6 +23,7 @@ course: env
 	$(BIN)/python scripts/results_table.py runs/$(PROFILE)/metrics.json
 
 test: env
+	$(BIN)/ruff check busi_utils scripts tests notebooks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: env

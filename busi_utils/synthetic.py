@@ -157,3 +157,51 @@ def _add_quirks(root: Path, saved: dict, counts: dict, rng: np.random.Generator)
     arr = np.asarray(Image.open(path).convert("RGB")).copy()
     arr[10:14, 10:60] = (255, 255, 0)
     Image.fromarray(arr).save(path)
+
+
+def make_synthetic_external(root: os.PathLike | str, layout: str = "generic", seed: int = 7, n_patients: int = 8, per_patient: int = 4) -> Path:
+    """A small labelled external set in either layout of :mod:`busi_utils.external`, with the
+    quirks the loader must handle: coloured masks (green benign, red malignant), JPEG scans
+    (BUS-UCLM) or mixed formats, masks of another size than their image, images without a mask
+    (generic), a patient column. Returns the folder. Deterministic for a seed; built once."""
+    import csv
+
+    root = Path(root)
+    if (root / ".complete").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    labels = ["normal", "benign", "malignant"]
+    for p in range(n_patients):
+        patient = "".join(chr(65 + int(c)) for c in rng.integers(0, 26, 4))
+        for k in range(per_patient):
+            label = labels[(p + k) % 3]
+            h, w = int(rng.integers(180, 260)), int(rng.integers(220, 320))
+            img, mask = synthetic_case(rng, label, h, w)
+            stem = f"{patient}_{k:03d}"
+            ext = ".jpg" if layout == "bus_uclm" or k % 2 else ".png"
+            Image.fromarray(np.stack([img] * 3, axis=2)).save(root / "images" / f"{stem}{ext}")
+            colour = {"benign": (0, 255, 0), "malignant": (255, 0, 0)}.get(label, (0, 0, 0))
+            rgb = np.zeros((h, w, 3), np.uint8)
+            rgb[mask] = colour
+            m = Image.fromarray(rgb)
+            if p == 0 and k == 1:
+                m = m.resize((w // 2, h // 2), Image.NEAREST)  # a mask of the wrong size
+            if not (layout == "generic" and p == 1 and k == 0):  # generic: one image has no mask
+                m.save(root / "masks" / f"{stem}.png")
+            rows.append({"image": f"{stem}{ext}", "label": label, "patient": patient})
+    if layout == "bus_uclm":
+        with open(root / "INFO.csv", "w", encoding="utf-8-sig", newline="") as fh:
+            fh.write("Image;Resolution;Label;Doppler;Marks;Combined\n")
+            for n, r in enumerate(rows):
+                fh.write(f"{r['image']};320x240;{r['label'].capitalize()};{'Yes' if n % 7 == 0 else 'No'};{'Yes' if n % 3 == 0 else 'No'};No\n")
+    else:
+        with open(root / "labels.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["image", "label", "patient"])
+            writer.writeheader()
+            writer.writerows(rows)
+    (root / ".complete").write_text("ok\n")
+    return root

@@ -1,7 +1,7 @@
 """Plots and picture grids shared by the notebooks (so no notebook copies another's)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -131,4 +131,66 @@ def plot_distributions(df: pd.DataFrame, value: str, by: str, title: str, order=
     sns.boxplot(data=df, x=by, y=value, order=order, ax=ax, showfliers=False, color="#dddddd")
     sns.stripplot(data=df, x=by, y=value, order=order, ax=ax, size=2.5, alpha=0.5)
     ax.set(title=title, xlabel="")
+    return fig
+
+
+def plot_benchmark_curves(history: pd.DataFrame, metric: str, names: Sequence[str], title: str, labels: dict | None = None):
+    """Validation ``metric`` per epoch for several benchmark runs side by side (one line each;
+    the frozen first phase of a fine-tuned run drawn dashed): how fast each one learns."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for name in names:
+        h = history[history["name"] == name].sort_values("epoch")
+        if not len(h):
+            continue
+        line, = ax.plot(h["epoch"] + 1, h[metric], marker="o", ms=3, label=(labels or {}).get(name, name))
+        if "phase" in h and (h["phase"] == "frozen").any():
+            frozen = h[h["phase"] == "frozen"]
+            ax.plot(frozen["epoch"] + 1, frozen[metric], marker="s", ms=6, ls="", color=line.get_color(), mfc="white")
+    ax.set(xlabel="epoch (hollow square: encoder frozen)", ylabel=f"validation {metric}", title=title, ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_first_filters(weight, title: str, n: int = 32, ax=None):
+    """The first convolution's filters (out, in, k, k), summed over input channels, as a grid of
+    small gray squares: learned edge and blob detectors look structured, random ones like noise."""
+    w = weight.detach().sum(1)[:n].numpy()
+    cols = 8
+    rows = int(np.ceil(len(w) / cols))
+    k = w.shape[-1]
+    canvas = np.full((rows * (k + 1) - 1, cols * (k + 1) - 1), np.nan)
+    for i, f in enumerate(w):
+        f = (f - f.min()) / (np.ptp(f) + 1e-8)
+        r, c = divmod(i, cols)
+        canvas[r * (k + 1): r * (k + 1) + k, c * (k + 1): c * (k + 1) + k] = f
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, rows * 0.6 + 0.4))
+    ax.imshow(canvas, cmap="gray")
+    ax.set(title=title, xticks=[], yticks=[])
+    return ax
+
+
+def plot_crossfit_diagram(n_folds: int):
+    """Cross-fitting as a picture: one row per U-Net, one column per fold of the training pool
+    plus the test split; each cell says whether that model trains on it, predicts it, or never
+    sees it. Every image is predicted by exactly one model that did not train on it."""
+    from matplotlib.colors import ListedColormap
+
+    rows = [f"fold-{k} U-Net" for k in range(n_folds)] + ["final U-Net (ch. 2)"]
+    cols = [f"fold {k}" for k in range(n_folds)] + ["test"]
+    grid = np.zeros((len(rows), len(cols)), dtype=int)  # 0 unseen, 1 trains on, 2 predicts
+    for k in range(n_folds):
+        grid[k, :n_folds] = 1
+        grid[k, k] = 2
+    grid[n_folds, 1:n_folds] = 1  # the final model trains on folds 1..K-1 (fold 0 chooses its epoch)
+    grid[n_folds, n_folds] = 2
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 0.5 * len(rows) + 1))
+    ax.imshow(grid, cmap=ListedColormap(["#f2f2f2", "#9ecae1", "#fd8d3c"]), vmin=0, vmax=2)
+    for (r, c), v in np.ndenumerate(grid):
+        ax.text(c, r, ("", "train", "predict")[v], ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(len(cols)), xticklabels=cols, yticks=range(len(rows)), yticklabels=rows,
+           title="Who predicts whom: each column's masks come from its orange cell")
+    ax.tick_params(length=0)
+    fig.tight_layout()
     return fig

@@ -6,11 +6,10 @@ Everything a user sees is a widget whose value can be read, so the app is tested
 from __future__ import annotations
 
 import io
-from typing import Mapping
+from collections.abc import Mapping
 
 import ipywidgets as W
 import matplotlib
-
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image

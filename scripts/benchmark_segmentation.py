@@ -1,54 +1,53 @@
-"""Benchmark U-Net configurations on one run folder (not a timed test).
+"""Benchmark U-Net candidates on one run folder's split (not a timed test).
 
-Trains each configuration on the training pool's lesion images minus fold 0, validates on
-fold 0, and prints (and saves as CSV) seconds per epoch, inference ms per image, validation
-Dice and parameters. Needs notebook 01 to have run for that run folder.
+Each candidate trains on the training pool's lesion images minus fold 0 and is scored on fold
+0's lesion images (never the test split). Rows go to ``benchmarks/segmentation.csv`` and
+per-epoch histories to ``benchmarks/segmentation_history.csv``, with the machine's speed
+calibration (``busi_utils.benchmark``). Needs notebook 01 to have run for that run folder.
 
-    python scripts/benchmark_segmentation.py --run-dir runs/cpu light:8:128:12 attention:8:128:12
+    python scripts/benchmark_segmentation.py --run-dir runs/cpu \\
+        name=pretrained,arch=lite0,size=96,epochs=11,freeze_epochs=1,pretrained=true \\
+        name=scratch,arch=lite0,size=96,epochs=12,pretrained=false
 """
 from __future__ import annotations
 
-import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from busi_utils import config, data, preprocess, segmentation as seg
+from busi_utils import benchmark, config, data, preprocess
+from busi_utils import segmentation as seg
+
+DEFAULTS = {"arch": "lite0", "size": 96, "base": 12, "epochs": 12, "batch_size": 16, "lr": 3e-3, "loss": "dice_bce", "tta_flip": True}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("configs", nargs="+", help="arch:base:size:epochs, e.g. light:8:128:12")
-    args = ap.parse_args()
+    args = benchmark.arg_parser(__doc__).parse_args()
     paths = config.RunPaths.for_profile("cpu", args.run_dir)
     index = data.read_index(paths.index_csv)
     manifest = pd.read_csv(paths.split_csv, keep_default_na=False)
     train_ids = seg.lesion_train_ids(manifest, exclude_fold=0)
-    valid_ids = manifest[(manifest["split"] == "train") & (manifest["fold"] == 0) & (manifest["label"] != "normal")]["image_id"].tolist()
-    out_csv = paths.root / "benchmark_segmentation.csv"
-    rows = pd.read_csv(out_csv).to_dict("records") if out_csv.exists() else []
-    for spec in args.configs:
-        arch, base, size, epochs = spec.split(":")
-        store = preprocess.ArrayStore(preprocess.resized_arrays(index, int(size), progress=False))
-        recipe = {"arch": arch, "base": int(base), "size": int(size), "epochs": int(epochs), "batch_size": 16, "lr": 3e-3, "loss": "dice_bce"}
+    valid_ids = manifest.query("split == 'train' and fold == 0 and label != 'normal'")["image_id"].tolist()
+    machine = benchmark.machine_info()
+    print("machine:", machine, flush=True)
+    for name, recipe in benchmark.candidates(args.specs, DEFAULTS):
+        store = preprocess.ArrayStore(preprocess.resized_arrays(index, recipe["size"], progress=False))
         model, hist, info = seg.train_segmenter(store, train_ids, valid_ids, recipe, args.seed, select_on_valid=True, show_progress=False)
         imgs = np.stack([store.image(i) for i in valid_ids])
-        seg.predict_masks(model, info, imgs[:16])
-        t = time.perf_counter()
-        seg.predict_masks(model, info, imgs)
-        infer_ms = (time.perf_counter() - t) / len(imgs) * 1000
-        row = {"arch": arch, "base": int(base), "size": int(size), "epochs": int(epochs), "params_M": round(seg.n_params(model) / 1e6, 2),
-               "s_per_epoch": info["seconds_per_epoch"], "infer_ms_per_image": round(infer_ms, 1),
-               "valid_dice_best": round(float(hist["dice"].max()), 3), "valid_dice_last": round(float(hist["dice"].iloc[-1]), 3),
-               "n_train": len(train_ids), "threads": torch.get_num_threads()}
-        print(row, flush=True)
-        rows = [r for r in rows if (r["arch"], r["base"], r["size"], r["epochs"]) != (arch, int(base), int(size), int(epochs))] + [row]
-        config.atomic_write_text(out_csv, pd.DataFrame(rows).to_csv(index=False))
-    print(pd.DataFrame(rows).to_string(index=False))
+        truth = np.stack([store.mask(i) for i in valid_ids])
+        start = time.perf_counter()
+        probs = seg.predict_masks(model, info, imgs)
+        infer_ms = (time.perf_counter() - start) / len(imgs) * 1000
+        row = {"name": name, "arch": recipe["arch"], "pretrained": bool(recipe.get("pretrained", False)), "size": recipe["size"],
+               "epochs": len(hist), "params_M": round(seg.n_params(model) / 1e6, 2), "s_per_epoch": info["seconds_per_epoch"],
+               "infer_ms_per_image": round(infer_ms, 1), "valid_dice_best_epoch": round(float(hist["dice"].max()), 3),
+               "valid_dice_tta": round(float(seg.score_masks(probs, truth)["dice"].mean()), 3),
+               "epochs_to_95pct": int((hist["dice"] >= 0.95 * hist["dice"].max()).idxmax()) + 1,
+               "n_train": len(train_ids), "n_valid": len(valid_ids), "seed": args.seed, **machine}
+        benchmark.record(args.out, "segmentation", row, hist, ["name"])
+    print(pd.read_csv(Path(args.out) / "segmentation.csv").to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,26 @@ def table(m: dict, when: str, machine: str) -> str:
         c = m["classification"][v]
         cells = [fmt(c[k], c.get(f"{k}_ci95")) for k in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr")]
         lines.append(f"| `{v}` | {ROLE[v]} | " + " | ".join(cells) + " |")
+    ext = m.get("external", {}).get("bus_uclm")
+    if ext:
+        lines += ["", f"**External validation** (BUS-UCLM, another hospital and scanner: {ext['n_images']} images of {ext['n_patients']} patients, "
+                  "pipeline unchanged; 95% intervals resample patients): segmentation Dice "
+                  f"{fmt(ext['dice_mean'], ext['dice_ci95'])} (BUSI test {seg['dice_mean']:.3f}).", "",
+                  "| classifier input | BUSI test macro-F1 | BUS-UCLM macro-F1 | BUS-UCLM accuracy | BUS-UCLM malignant recall | BUS-UCLM AUC |",
+                  "|---|---|---|---|---|---|"]
+        for v in VARIANTS:
+            e, b = ext["variants"][v], m["classification"][v]
+            lines.append(f"| `{v}` | {b['macro_f1']:.3f} | " + " | ".join(fmt(e[k], e.get(f"{k}_ci95")) for k in ("macro_f1", "accuracy", "malignant_recall", "auc_ovr")) + " |")
+    worth = m.get("mask_worth")
+    if worth:
+        paired = worth["paired"]
+        cells = [f"{k.replace('_', ' ')} {paired[k]['value']:+.3f} ({paired[k]['ci95'][0]:+.2f} to {paired[k]['ci95'][1]:+.2f})"
+                 for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")]
+        seeds = worth["seeds"]
+        lines += ["", "**Is the mask worth it?** Method minus image-only on the same test images (paired bootstrap 95% interval): "
+                  + "; ".join(cells) + f". Over {seeds['n_seeds']} classifier seeds (seeds {', '.join(map(str, seeds['seeds']))}), "
+                  f"the macro-F1 difference is {seeds['macro_f1_diff_mean']:+.3f} ± {seeds['macro_f1_diff_std']:.3f} (mean ± SD), "
+                  f"accuracy {seeds['accuracy_diff_mean']:+.3f} ± {seeds['accuracy_diff_std']:.3f}. {worth['verdict']}"]
     leak = m.get("leakage", {})
     if "random_split" in leak:
         r = leak["random_split"]
@@ -51,7 +71,7 @@ def table(m: dict, when: str, machine: str) -> str:
     if cal:
         lines += ["", f"**Calibration** (method): ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation)."]
     lines += ["", "Figures (written by notebook 05): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
-              "`figures/segmentation_dice.png`, `figures/referral.png`."]
+              "`figures/segmentation_dice.png`, `figures/referral.png`, `figures/mask_worth.png`."]
     return "\n".join(lines)
 
 

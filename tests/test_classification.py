@@ -98,3 +98,20 @@ def test_new_masks_mean_a_new_classifier_not_a_resumed_one(variant_data):
     masks[first] = masks[first].copy()
     masks[first][0, 0] = 1.0 - masks[first][0, 0]
     assert cls.masks_hash(masks) != vd.masks_hash
+
+
+def test_lighting_touches_only_the_scan_and_mask_aug_only_predicted_masks():
+    """mask_only has no scan: no lighting may touch its (mask) channel; MaskConfidence acts on
+    predicted-mask channels only, never on a ground-truth mask."""
+    from busi_utils.augment import MaskConfidence, ScanLighting, ultrasound_multichannel
+
+    def extra(kinds, mask_aug):
+        return [t for t in ultrasound_multichannel(64, kinds, mask_aug) if isinstance(t, (ScanLighting, MaskConfidence))]
+
+    assert extra(["pred_mask"], False) == []
+    light = extra(["image", "pred_mask"], False)
+    assert len(light) == 1 and isinstance(light[0], ScanLighting) and light[0].channel == 0
+    both = extra(["image", "pred_mask"], True)
+    assert [type(t).__name__ for t in both] == ["ScanLighting", "MaskConfidence"] and both[1].channels == (1,)
+    assert [type(t).__name__ for t in extra(["image", "gt_mask"], True)] == ["ScanLighting"]
+    assert [t.channels for t in extra(["pred_mask"], True)] == [(0,)]

@@ -36,7 +36,7 @@ def test_bootstrap_interval_contains_the_point_estimate():
     lo, hi = metrics.bootstrap_ci(lambda idx: x[idx].mean(), len(x), 500, seed=1)
     assert lo < x.mean() < hi and hi - lo < 0.06
     labels = list(rng.choice(["normal", "benign", "malignant"], 120))
-    preds = [l if rng.random() < 0.7 else "benign" for l in labels]
+    preds = [lab if rng.random() < 0.7 else "benign" for lab in labels]
     res = metrics.classification_with_ci(labels, probs_for(preds), ["accuracy", "macro_f1"], n_boot=300)
     for v in res.values():
         assert v["ci95"][0] <= v["value"] <= v["ci95"][1]
@@ -77,8 +77,47 @@ def test_quick_run_metrics_json_has_every_key(quick_run, quick_paths):
     for variant in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask"):
         for key in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"):
             assert key in m["classification"][variant], (variant, key)
+    worth = m["mask_worth"]
+    for key in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr"):
+        lo, hi = worth["paired"][key]["ci95"]
+        assert lo <= worth["paired"][key]["value"] <= hi
+    assert worth["seeds"]["n_seeds"] >= 2 and isinstance(worth["verdict"], str) and worth["verdict"]
+    ext = m["external"]["bus_uclm" if "bus_uclm" in m["external"] else "synthetic"]
+    assert ext["n_images"] > 0 and ext["n_patients"] > 0 and 0 <= ext["dice_mean"] <= 1
+    for variant in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask"):
+        for key in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr"):
+            assert key in ext["variants"][variant], (variant, key)
     assert m["profile"] == "quick" and isinstance(m["seed"], int)
     assert m["data"]["kind"] in ("zip", "folder", "kaggle", "synthetic") and len(m["data"]["dataset_hash"]) == 16
     notebooks = m["timing"]["notebooks"]
-    assert {"01_eda", "05_evaluation", "06_interactive_inference"} <= set(notebooks)  # the runner adds the last ones
+    assert {"01_eda", "05_evaluation", "06_interactive_inference", "07_external_validation"} <= set(notebooks)  # the runner adds the last ones
     assert m["timing"]["course_seconds"] == pytest.approx(sum(notebooks.values()), abs=0.5)
+
+
+def test_paired_bootstrap_sees_a_consistent_small_gain_that_unpaired_intervals_hide():
+    """Model a is right on every image b gets right, plus 6 more: the paired interval is
+    strictly positive even though the two unpaired accuracies are close."""
+    rng = np.random.default_rng(0)
+    labels = list(rng.choice(["normal", "benign", "malignant"], 150))
+    b_right = rng.random(150) < 0.7
+    a_right = b_right.copy()
+    a_right[np.where(~b_right)[0][:6]] = True
+    wrong = {"normal": "benign", "benign": "malignant", "malignant": "normal"}
+    a = probs_for([lab if ok else wrong[lab] for lab, ok in zip(labels, a_right)])
+    b = probs_for([lab if ok else wrong[lab] for lab, ok in zip(labels, b_right)])
+    diff = metrics.paired_bootstrap_diff(labels, a, b, ["accuracy"], n_boot=300, seed=0)["accuracy"]
+    assert diff["value"] == pytest.approx(6 / 150)
+    assert diff["ci95"][0] > 0 and diff["p_a_better"] > 0.97
+    same = metrics.paired_bootstrap_diff(labels, b, b, ["accuracy"], n_boot=50)["accuracy"]
+    assert same["value"] == 0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
+    import pandas as pd
+
+    shown = {"macro_f1": {"value": 0.05, "ci95": [0.01, 0.09]}}
+    unsure = {"macro_f1": {"value": 0.03, "ci95": [-0.02, 0.08]}}
+    assert "helps" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
+    assert "not shown" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, -0.01, 0.06]}))
+    assert "not shown" in metrics.mask_verdict(unsure, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
+    assert "does not help" in metrics.mask_verdict({"macro_f1": {"value": -0.02, "ci95": [-0.06, 0.01]}}, pd.DataFrame({"macro_f1": [-0.01, 0.0]}))

@@ -87,7 +87,8 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     assert not list(paths.masks.rglob(".*tmp*"))  # no half-written file left
     oof.check_leak_free(masks, split, paths)
     # a changed recipe makes every stored fold mask stale: all folds are trained and predicted again
-    changed = dict(recipe, epochs=1)
+    changed = dict(recipe, epochs=recipe["epochs"] + 1)
+    assert changed != recipe
     masks2, records2 = oof.run_oof(paths, store, split, changed, 42, progress=False)
     assert len(calls) == 2 * n_folds and all(r["trained"] for r in records2)
     folds = masks2[masks2["split"] == "train"]

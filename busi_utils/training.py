@@ -1,0 +1,73 @@
+"""One training loop for both stages: fastai's one-cycle schedule, and fastai's ``fine_tune``
+recipe when the network starts from ImageNet weights.
+
+``fine_tune`` (fastai, ``Learner.fine_tune``) trains in two phases: first only the new layers
+(the decoder or the classification head) while the pretrained encoder is frozen, so random new
+layers cannot wreck the pretrained features with large early gradients; then everything, with
+*discriminative learning rates*: the earliest, most generic layers move 100 times more slowly
+than the head (``slice(lr / lr_mult, lr)``). This module runs the same steps but keeps the
+history of both phases, which the chapters plot.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["uses_fine_tune", "fit", "total_epochs", "temporary_folder", "quiet"]
+
+
+def uses_fine_tune(recipe: dict) -> bool:
+    """True for a pretrained network with a frozen first phase in its recipe."""
+    return bool(recipe.get("pretrained")) and int(recipe.get("freeze_epochs", 0)) > 0
+
+
+def total_epochs(recipe: dict) -> int:
+    """Epochs actually run: the frozen phase (if any) plus the main phase."""
+    return int(recipe["epochs"]) + (int(recipe.get("freeze_epochs", 0)) if uses_fine_tune(recipe) else 0)
+
+
+def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.DataFrame, float]:
+    """Train ``learn`` by ``recipe``; returns ``(history, seconds)``, one history row per epoch
+    with a ``phase`` column (``frozen`` / ``all``). ``cbs`` are passed to every phase."""
+    cbs = list(cbs or [])
+    rows: list[tuple[str, list]] = []
+    start = time.perf_counter()
+    if uses_fine_tune(recipe):
+        learn.freeze()
+        learn.fit_one_cycle(int(recipe["freeze_epochs"]), slice(lr), pct_start=0.99, cbs=cbs)
+        rows += [("frozen", v) for v in learn.recorder.values]
+        learn.unfreeze()
+        half = lr / 2
+        learn.fit_one_cycle(int(recipe["epochs"]), slice(half / float(recipe.get("lr_mult", 100)), half), pct_start=0.3, div=5.0, cbs=cbs)
+    else:
+        learn.fit_one_cycle(int(recipe["epochs"]), lr, cbs=cbs)
+    rows += [("all", v) for v in learn.recorder.values]
+    seconds = time.perf_counter() - start
+    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
+    history = pd.DataFrame([v[: len(names)] for _, v in rows], columns=names)
+    history.insert(0, "epoch", range(len(history)))
+    history.insert(1, "phase", [p for p, _ in rows])
+    return history, seconds
+
+
+@contextmanager
+def temporary_folder(prefix: str) -> Iterator[Path]:
+    """A scratch folder for fastai's best-epoch checkpoint, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def quiet(learn) -> None:
+    """Remove fastai's progress bars (fold models in a loop, tests)."""
+    from fastai.callback.progress import ProgressCallback
+
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])

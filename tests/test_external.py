@@ -1,0 +1,128 @@
+"""External validation: the loader (both layouts, every bad input), the patient bootstrap,
+the evaluate CLI, and the real BUS-UCLM when BUS_UCLM_ROOT is set."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from busi_utils import external, metrics, synthetic
+from busi_utils.data import BusiDataError
+
+
+@pytest.fixture(scope="module", params=["generic", "bus_uclm"])
+def ext_root(request, tmp_path_factory) -> Path:
+    return synthetic.make_synthetic_external(tmp_path_factory.mktemp(request.param) / "set", layout=request.param)
+
+
+@pytest.fixture
+def ext_copy(tmp_path) -> Path:
+    src = synthetic.make_synthetic_external(tmp_path / "orig", layout="generic")
+    dest = tmp_path / "copy"
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_both_layouts_load_with_colours_resized_and_missing_masks(ext_root):
+    before = _snapshot(ext_root)
+    index = external.build_external_index(ext_root, progress=False)
+    assert _snapshot(ext_root) == before  # the dataset folder is only read
+    assert len(index) == 32 and index["patient"].nunique() == 8
+    assert set(index["label"].astype(str)) == {"normal", "benign", "malignant"}
+    assert int(index["mask_resized"].sum()) == 1
+    for row in index.itertuples():
+        gray, mask = external.load_external_pair(row._asdict())
+        assert gray.dtype == np.uint8 and mask.shape == gray.shape
+        assert mask.any() == (row.label != "normal" and row.has_mask)  # green and red both binarised
+    if index["layout"].iloc[0] == "generic":
+        assert int((~index["has_mask"]).sum()) == 1  # still indexed: it counts for classification
+    else:
+        assert {"doppler", "marks"} <= set(index.columns)
+
+
+def _rewrite_labels(root: Path, edit) -> None:
+    table = pd.read_csv(root / "labels.csv")
+    edit(table).to_csv(root / "labels.csv", index=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: _rewrite_labels(r, lambda t: t.assign(label=["tumour"] + list(t["label"][1:]))), r"labels\.csv: line 2: unknown label 'tumour'"),
+    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "not a readable image|unreadable"),
+    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b""), "empty file"),
+    (lambda r: shutil.copy(r / "masks" / sorted(os.listdir(r / "masks"))[0], r / "masks" / "ZZZZ_999.png"), r"ZZZZ_999\.png: mask without an image"),
+    (lambda r: _rewrite_labels(r, lambda t: t.iloc[1:]), "image without a label row"),
+    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).unlink(), "listed in labels.csv but missing"),
+    (lambda r: (r / "labels.csv").unlink(), "wrongly laid out"),
+])
+def test_bad_input_is_a_named_error(ext_copy, damage, message):
+    damage(ext_copy)
+    with pytest.raises(BusiDataError, match=message):
+        external.build_external_index(ext_copy, progress=False)
+
+
+def test_patient_bootstrap_keeps_patients_whole():
+    groups = np.repeat(["a", "b", "c", "d"], [1, 3, 5, 2])
+    sizes = pd.Series(groups).value_counts()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = metrics.resample_indices(rng, len(groups), groups)
+        counts = pd.Series(groups[idx]).value_counts()
+        assert all(counts[g] % sizes[g] == 0 for g in counts.index)  # every drawn patient comes with all images
+        assert len(set(counts.index)) <= 4
+    # images as the unit would split patients
+    split = [pd.Series(groups[rng.integers(0, 11, 11)]).value_counts() for _ in range(50)]
+    assert any(c.get("c", 0) % 5 for c in split)
+
+
+def test_subset_keeps_whole_patients(ext_root):
+    index = external.build_external_index(ext_root, progress=False)
+    sub = external.subset_patients(index, 10, seed=0)
+    assert 0 < len(sub) <= 10
+    for p, part in sub.groupby("patient"):
+        assert len(part) == int((index["patient"] == p).sum())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "busi_utils.evaluate", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_cli_reports_and_fails_cleanly(quick_paths, tmp_path, ext_root):
+    out = tmp_path / "report.json"
+    ok = _cli("--data", str(ext_root), "--run", str(quick_paths.root), "--out", str(out), "--bootstrap", "50")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 32 and report["n_patients"] == 8
+    assert set(report["variants"]) == {"image_only", "image+pred_mask", "mask_only", "image+gt_mask"}
+    assert "image+pred_mask" in ok.stdout
+    bad = _cli("--data", str(tmp_path / "nowhere"), "--run", str(quick_paths.root))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    no_run = _cli("--data", str(ext_root), "--run", str(tmp_path / "no_run"))
+    assert no_run.returncode == 3 and "no trained models" in no_run.stderr
+
+
+@pytest.fixture(scope="module")
+def real_external():
+    root = os.environ.get(external.ENV_VAR)
+    if not root:
+        pytest.skip(f"{external.ENV_VAR} is not set: the real BUS-UCLM checks need its folder or zip")
+    return external.build_external_index(external.resolve_external(root), progress=False)
+
+
+@pytest.mark.real_data
+def test_real_bus_uclm_counts(real_external):
+    idx = real_external
+    assert len(idx) == 683 and idx["patient"].nunique() == 38
+    assert idx["label"].astype(str).value_counts().to_dict() == {"normal": 419, "benign": 174, "malignant": 90}
+    assert int(idx["mask_resized"].sum()) == 13 and set(idx.loc[idx["mask_resized"], "patient"]) == {"HESN"}
