@@ -111,13 +111,13 @@ def test_gpu_profile_models_build_and_take_one_step_on_the_cpu(no_network):
     loss = seg.DiceBCELoss()(net(x), y)
     loss.backward()
     opt.step()
-    assert np.isfinite(float(loss))
+    assert np.isfinite(loss.item())
     model = cls.build_classifier(cfg["classify"]["arch"], 2, pretrained=cfg["classify"].get("pretrained"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss = torch.nn.functional.cross_entropy(model(torch.rand(4, 2, 64, 64)), torch.tensor([0, 1, 2, 1]))
     loss.backward()
     opt.step()
-    assert np.isfinite(float(loss))
+    assert np.isfinite(loss.item())
 
 
 def test_mask_confidence_changes_confidence_not_shape_nor_the_scan():
