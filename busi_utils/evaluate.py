@@ -151,6 +151,32 @@ def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: 
     return report
 
 
+def compare_with_busi(report: dict, busi_classification: dict, keys=("accuracy", "macro_f1", "malignant_recall", "auc_ovr")) -> pd.DataFrame:
+    """Rows ``(variant, "BUSI test" | "external")``, columns ``keys``: each variant's score at home
+    (notebook 05's ``metrics.json``) and on the external set, side by side."""
+    rows = {}
+    for v, ext in report["variants"].items():
+        if v in busi_classification:
+            rows[(v, "BUSI test")] = {k: busi_classification[v][k] for k in keys}
+        rows[(v, "external")] = {k: ext[k] for k in keys}
+    return pd.DataFrame(rows).T
+
+
+def metrics_by_flag(table: pd.DataFrame, flags: pd.DataFrame, variants=("image_only", "image+pred_mask")) -> pd.DataFrame:
+    """Accuracy and macro-F1 of ``variants`` on the images with and without each boolean flag
+    (columns of ``flags``, aligned with ``table``; e.g. BUS-UCLM's ``marks`` and ``doppler``)."""
+    from . import metrics
+
+    out = []
+    for flag in flags.columns:
+        for value, part in table.assign(_flag=flags[flag].to_numpy()).groupby("_flag"):
+            for v in variants:
+                rows, p = variant_probs(part, v)
+                m = metrics.classification_metrics(rows["label"], p)
+                out.append({"flag": flag, "value": bool(value), "variant": v, "n": len(rows), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]})
+    return pd.DataFrame(out)
+
+
 def summary_lines(report: dict) -> list[str]:
     """The report as a short text table (CLI, logs)."""
     lines = [f"{report['n_images']} images, {report['n_patients']} patients, labels {report['labels']}"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from busi_utils import external, metrics, synthetic
+from busi_utils import evaluate, external, metrics, synthetic
 from busi_utils.data import BusiDataError
 
 
@@ -126,3 +126,30 @@ def test_real_bus_uclm_counts(real_external):
     assert len(idx) == 683 and idx["patient"].nunique() == 38
     assert idx["label"].astype(str).value_counts().to_dict() == {"normal": 419, "benign": 174, "malignant": 90}
     assert int(idx["mask_resized"].sum()) == 13 and set(idx.loc[idx["mask_resized"], "patient"]) == {"HESN"}
+
+
+def _table(labels, preds_by_variant):
+    from busi_utils.config import CLASSES
+
+    table = pd.DataFrame({"label": labels, "patient": [f"p{k // 2}" for k in range(len(labels))]})
+    for v, preds in preds_by_variant.items():
+        for c in CLASSES:
+            table[f"{v}:p_{c}"] = [0.9 if p == c else 0.05 for p in preds]
+    return table
+
+
+def test_metrics_by_flag_scores_each_side_of_a_flag():
+    labels = ["normal", "benign", "malignant", "benign", "normal", "malignant"]
+    table = _table(labels, {"image_only": labels[:3] + ["normal"] * 3, "image+pred_mask": labels})
+    flags = pd.DataFrame({"marks": [True, True, True, False, False, False]})
+    by = evaluate.metrics_by_flag(table, flags).set_index(["value", "variant"])
+    assert by.loc[(True, "image_only"), "accuracy"] == 1.0 and by.loc[(False, "image_only"), "accuracy"] == pytest.approx(1 / 3)
+    assert (by.loc[(False, "image+pred_mask"), "n"], by.loc[(False, "image+pred_mask"), "accuracy"]) == (3, 1.0)
+
+
+def test_compare_with_busi_puts_home_and_away_side_by_side():
+    report = {"variants": {"image_only": {"accuracy": 0.5, "macro_f1": 0.4, "malignant_recall": 0.3, "auc_ovr": 0.6}}}
+    busi = {"image_only": {"accuracy": 0.7, "macro_f1": 0.6, "malignant_recall": 0.8, "auc_ovr": 0.9}}
+    side = evaluate.compare_with_busi(report, busi)
+    drop = side.xs("BUSI test", level=1) - side.xs("external", level=1)
+    assert drop.loc["image_only", "macro_f1"] == pytest.approx(0.2) and drop.loc["image_only", "malignant_recall"] == pytest.approx(0.5)
