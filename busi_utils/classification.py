@@ -264,8 +264,9 @@ def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int,
     """Train (or load, when this run folder has it with the same recipe) one variant; save
     the model and its validation and test probabilities. ``extra_seed``: a repeat with another
     seed (seed study), saved under its own name. Returns ``(info, history, trained)``."""
-    stem = variant_stem(variant, balance, seed if extra_seed else None)
-    path = classifier_path(vd.paths, variant, balance, seed if extra_seed else None)
+    tag = seed if extra_seed else None
+    stem = variant_stem(variant, balance, tag)
+    path = classifier_path(vd.paths, variant, balance, tag)
     hist_path = path.with_suffix(".history.csv")
     if path.exists() and hist_path.exists():
         _, info = load_classifier(path)

@@ -4,9 +4,9 @@ The pieces, in the order a reader meets them in notebook 02:
 
 * :func:`seg_dataloaders` — a fastai ``DataBlock`` (image + mask) over resized arrays, with
   :mod:`busi_utils.augment`'s ultrasound augmentations applied identically to image and mask;
-* :func:`build_segmenter` — ``lite0`` (the default: an ImageNet-pretrained EfficientNet-Lite0
-  encoder from :mod:`busi_utils.pretrained` under a light U-Net decoder), ``light`` (a small U-Net
-  trained from scratch), ``attention`` (the same with attention gates on the skips) or
+* :func:`build_segmenter` — ``light`` (a small U-Net trained from scratch: the cpu profile's
+  choice, measured in notebook 02), ``lite0`` (an ImageNet-pretrained EfficientNet-Lite0 encoder
+  from :mod:`busi_utils.pretrained` under a light decoder), ``attention`` (the same with attention gates on the skips) or
   ``resnet18``/``resnet34`` (fastai's ``DynamicUnet``, ImageNet weights only when already in the
   local torch cache);
 * :class:`DiceBCELoss` / :class:`DiceFocalLoss` and the Dice / IoU metrics;
@@ -132,7 +132,7 @@ def imagenet_weights_cached(arch: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
 
 
-def build_segmenter(arch: str = "lite0", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True,
+def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True,
                     input_skip: bool = False) -> nn.Module:
     """The network for ``arch``: ``lite0``, ``light``, ``attention``, ``resnet18`` or ``resnet34``.
 
@@ -158,6 +158,15 @@ def build_segmenter(arch: str = "lite0", base: int = 16, size: int = 128, pretra
             print(f"{arch} encoder: " + ("ImageNet weights from the local torch cache" if use else "no cached ImageNet weights, training from scratch"))
         return create_unet_model(getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1)
     raise ValueError(f"unknown segmentation arch {arch!r}: lite0, light, attention, resnet18, resnet34")
+
+
+def segmenter_from_recipe(recipe: dict, pretrained: bool | None = None, verbose: bool = False) -> nn.Module:
+    """The network a recipe (a profile's ``seg`` section) describes; ``pretrained`` overrides the
+    recipe's (``False`` when saved weights are about to be loaded). One mapping for training,
+    loading and tests."""
+    use = recipe.get("pretrained") if pretrained is None else pretrained
+    return build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], pretrained=use, verbose=verbose,
+                           input_skip=bool(recipe.get("input_skip")))
 
 
 def n_params(model: nn.Module) -> int:
@@ -281,8 +290,7 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
     stats = norm_stats(store, train_ids)
     watch = list(valid_ids) if select_on_valid else list(train_ids[:recipe["batch_size"]])
     dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
-    model = build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], pretrained=recipe.get("pretrained"), verbose=show_progress,
-                            input_skip=bool(recipe.get("input_skip")))
+    model = segmenter_from_recipe(recipe, verbose=show_progress)
     splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
     with training.temporary_folder("busi-seg-") as tmp:
         learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".", **splitter)
@@ -320,8 +328,7 @@ def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     from .config import load_checkpoint
 
     state, info = load_checkpoint(path)
-    r = info["recipe"]
-    model = build_segmenter(r["arch"], r.get("base", 16), r["size"], pretrained=False, verbose=False, input_skip=bool(r.get("input_skip")))  # weights follow
+    model = segmenter_from_recipe(info["recipe"], pretrained=False)  # the saved weights follow
     model.load_state_dict(state)
     return model.eval(), info
 

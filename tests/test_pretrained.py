@@ -105,7 +105,7 @@ def test_fine_tune_recipe_counts_both_phases():
 def test_gpu_profile_models_build_and_take_one_step_on_the_cpu(no_network):
     """The gpu profile cannot run here; its networks are built at small size and trained one step."""
     cfg = config.load_profile("gpu")
-    net = seg.build_segmenter(cfg["seg"]["arch"], cfg["seg"].get("base", 16), 64, pretrained=cfg["seg"].get("pretrained"), verbose=False)
+    net = seg.segmenter_from_recipe(dict(cfg["seg"], size=64))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x, y = torch.rand(2, 1, 64, 64), (torch.rand(2, 1, 64, 64) > 0.7).float()
     loss = seg.DiceBCELoss()(net(x), y)
