@@ -1,13 +1,15 @@
 # busi-course: two commands.
 #   make course   build .venv, find the data, run every notebook (PROFILE=cpu by default)
 #   make test     build .venv if needed, run the test suite (notebooks in the quick profile)
+#   make app      serve the demo as a web page on http://127.0.0.1:$(APP_PORT) (needs a trained run)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
 PROFILE ?= cpu
 SEED    ?= 42
+APP_PORT ?= 8866
 BIN      = $(VENV)/bin
 
-.PHONY: env course test lab results clean-runs
+.PHONY: env course test lab app results clean-runs
 
 env: $(VENV)/.installed
 
@@ -24,7 +26,11 @@ course: env
 
 test: env
 	$(BIN)/ruff check busi_utils scripts tests notebooks
+	$(BIN)/ruff format --check busi_utils scripts tests notebooks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+app: env
+	$(BIN)/python -m busi_utils.webapp --port $(APP_PORT)
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

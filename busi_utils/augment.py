@@ -8,6 +8,7 @@ only, never a mask channel.
 (No ``from __future__ import annotations`` here: fastai dispatches ``encodes`` on the real
 type annotation.)
 """
+
 import torch
 from fastai.vision.all import TensorImage, Transform
 from fastai.vision.augment import aug_transforms
@@ -15,8 +16,17 @@ from fastai.vision.augment import aug_transforms
 
 def geometric(size: int, lighting: float = 0.0) -> list:
     """fastai batch transforms: horizontal flips, rotation <= 10°, zoom <= 1.1, optional lighting."""
-    return aug_transforms(do_flip=True, flip_vert=False, max_rotate=10.0, max_zoom=1.1, max_lighting=lighting,
-                          max_warp=0.0, p_affine=0.75, p_lighting=0.75, size=size)
+    return aug_transforms(
+        do_flip=True,
+        flip_vert=False,
+        max_rotate=10.0,
+        max_zoom=1.1,
+        max_lighting=lighting,
+        max_warp=0.0,
+        p_affine=0.75,
+        p_lighting=0.75,
+        size=size,
+    )
 
 
 class ScanLighting(Transform):

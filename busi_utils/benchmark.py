@@ -7,6 +7,7 @@ U-Net at 96 px, batch 16) measured in the same process. Compare seconds within o
 scale by ``calib_ms``. The tables live in ``benchmarks/`` (committed: they are measurements,
 not data) and notebooks 02 and 04 show them.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import atomic_write_text, repo_root
+from .config import repo_root
+from .files import atomic_write_text
 
 #: The reference point of the issue that set the budgets: 17.9 ms per image on its machine.
 REFERENCE_CALIB_MS = 17.9
@@ -73,8 +75,13 @@ def machine_info() -> dict:
     """What a timing needs beside it: date, cores, threads, and the calibration."""
     import torch
 
-    return {"date": date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "calib_ms": calibration_ms()}
+    return {
+        "date": date.today().isoformat(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "calib_ms": calibration_ms(),
+    }
 
 
 def append_rows(path: Path, rows: list[dict], key: list[str]) -> pd.DataFrame:
@@ -95,7 +102,11 @@ def arg_parser(doc: str):
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--run-dir", required=True, help="a run folder of the cpu profile (notebook 01 and, for the classifier, 03 done)")
+    ap.add_argument(
+        "--run-dir",
+        required=True,
+        help="a run folder of the cpu profile (notebook 01 and, for the classifier, 03 done)",
+    )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default=str(benchmarks_dir()), help="folder for the CSV tables (default benchmarks/)")
     ap.add_argument("specs", nargs="+", help="key=value,... recipe overrides; 'name' labels the row")
@@ -114,4 +125,8 @@ def record(out: Path, table: str, row: dict, history: pd.DataFrame, key: list[st
     ``out/<table>_history.csv``."""
     print(row, flush=True)
     append_rows(Path(out) / f"{table}.csv", [row], key)
-    append_rows(Path(out) / f"{table}_history.csv", history.assign(**{k: row[k] for k in key}).to_dict("records"), key + ["epoch"])
+    append_rows(
+        Path(out) / f"{table}_history.csv",
+        history.assign(**{k: row[k] for k in key}).to_dict("records"),
+        key + ["epoch"],
+    )

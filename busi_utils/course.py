@@ -5,6 +5,7 @@ written, executed, into ``runs/<profile>/notebooks/``; the seconds each took go 
 ``timing.json``. Notebooks resume from what the run folder already holds, so a second
 run after an interruption only does the missing work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PROFILES, RunPaths, atomic_write_json, read_json, repo_root
+from .config import PROFILES, repo_root
+from .files import atomic_write_json, read_json
+from .runfolder import RunPaths
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:
@@ -34,16 +37,27 @@ def run_course(
     import papermill as pm
 
     paths = RunPaths.for_profile(profile, run_dir)
-    params = {"profile": profile, "run_dir": str(paths.root), "busi_root": busi_root or os.environ.get("BUSI_ROOT"), "seed": seed}
+    params = {
+        "profile": profile,
+        "run_dir": str(paths.root),
+        "busi_root": busi_root or os.environ.get("BUSI_ROOT"),
+        "seed": seed,
+    }
     timing = read_json(paths.timing_json, {})
     for nb in course_notebooks():
         if only and nb.name[:2] not in only:
             continue
         print(f"▶ {nb.name} ({profile})", flush=True)
         start = time.perf_counter()
+        declared = pm.inspect_notebook(str(nb))  # pass only what the notebook's parameters cell declares
         pm.execute_notebook(
-            str(nb), str(paths.notebooks / nb.name), parameters=params, cwd=str(nb.parent),
-            kernel_name=kernel_name, progress_bar=False, log_output=False,
+            str(nb),
+            str(paths.notebooks / nb.name),
+            parameters={k: v for k, v in params.items() if k in declared},
+            cwd=str(nb.parent),
+            kernel_name=kernel_name,
+            progress_bar=False,
+            log_output=False,
         )
         timing[nb.stem] = round(time.perf_counter() - start, 1)
         print(f"  done in {timing[nb.stem]:.0f} s", flush=True)
@@ -57,7 +71,9 @@ def run_course(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m busi_utils.course", description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="cpu", choices=PROFILES, help="parameter set: quick (tests), cpu (default), gpu")
+    ap.add_argument(
+        "--profile", default="cpu", choices=PROFILES, help="parameter set: quick (tests), cpu (default), gpu"
+    )
     ap.add_argument("--run-dir", help="run folder (default runs/<profile>)")
     ap.add_argument("--busi-root", help="BUSI folder or Kaggle zip (default $BUSI_ROOT, then data/)")
     ap.add_argument("--seed", type=int, default=42)

@@ -8,6 +8,7 @@ BUSI as Kaggle ships it::
 The dataset folder is only ever read. Anything derived (an extracted zip, resized
 copies) goes to :func:`busi_utils.config.cache_dir`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from .config import CLASSES, atomic_write_json, cache_dir, read_json, repo_root
+from .config import CLASSES, cache_dir, repo_root
+from .errors import BusiDataError, DataNotFoundError
+from .files import atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json
 
 DATASET_FOLDER = "Dataset_BUSI_with_GT"
 KAGGLE_DATASET = "aryashah2k/breast-ultrasound-images-dataset"
@@ -35,19 +38,6 @@ MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<extra>\d+))?\.png$", re.IGNOREC
 COLOUR_DELTA = 40
 #: an image with more coloured pixels than this carries colour marks
 COLOUR_MIN_PIXELS = 20
-
-
-class BusiDataError(ValueError):
-    """Bad input: the message names the file (or folder) and the problem."""
-
-    def __init__(self, path: os.PathLike | str, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-
-class DataNotFoundError(FileNotFoundError):
-    """No dataset could be found, fetched or generated; the message lists what was tried."""
 
 
 # --------------------------------------------------------------------------- finding
@@ -95,8 +85,7 @@ def find_dataset_dir(path: os.PathLike | str) -> Path:
         return nested[0]
     raise BusiDataError(
         path,
-        "wrongly laid out: expected class folders benign/, malignant/, normal/ "
-        f"(directly or inside {DATASET_FOLDER}/)",
+        f"wrongly laid out: expected class folders benign/, malignant/, normal/ (directly or inside {DATASET_FOLDER}/)",
     )
 
 
@@ -122,25 +111,20 @@ def extract_zip(zip_path: os.PathLike | str, dest_root: Path | None = None, loca
         if n_files == info.get("n_files"):
             return locate(dest)
         shutil.rmtree(dest)  # incomplete or tampered: extract again
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    digest = hashlib.sha256()
-    with open(zip_path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            for m in members:
-                if m.filename.startswith("/") or ".." in Path(m.filename).parts:
-                    raise BusiDataError(zip_path, f"unsafe member path {m.filename!r}")
-            zf.extractall(tmp)
-    except zipfile.BadZipFile as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BusiDataError(zip_path, f"damaged zip ({err})") from err
-    atomic_write_json(tmp / ".complete.json", {"sha256": digest.hexdigest(), "n_files": len(members), "zip": str(zip_path)})
     shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:  # the folder appears complete or not at all
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                members = [m for m in zf.infolist() if not m.is_dir()]
+                for m in members:
+                    if m.filename.startswith("/") or ".." in Path(m.filename).parts:
+                        raise BusiDataError(zip_path, f"unsafe member path {m.filename!r}")
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            raise BusiDataError(zip_path, f"damaged zip ({err})") from err
+        atomic_write_json(
+            tmp / ".complete.json", {"sha256": file_sha256(zip_path), "n_files": len(members), "zip": str(zip_path)}
+        )
     return locate(dest)
 
 
@@ -293,7 +277,9 @@ def _index_row(label: str, stem: str, paths: list[Path], root: Path) -> dict:
         mraw = mpath.read_bytes()
         mask = open_png(mpath, mraw)
         if mask.size != img.size:
-            raise BusiDataError(mpath, f"mask size {mask.size[0]}x{mask.size[1]} differs from image size {img.width}x{img.height}")
+            raise BusiDataError(
+                mpath, f"mask size {mask.size[0]}x{mask.size[1]} differs from image size {img.width}x{img.height}"
+            )
         mask_modes.append(mask.mode)
         mask_hash.update(mraw)
         union |= _mask_array(mask)
@@ -324,7 +310,9 @@ def build_index(root: os.PathLike | str, progress: bool = True, workers: int = 2
     root = find_dataset_dir(root)
     jobs = [(label, stem, paths) for label, entries in list_files(root).items() for stem, paths in entries.items()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda j: _index_row(*j, root), jobs), total=len(jobs), desc="indexing", disable=not progress))
+        rows = list(
+            tqdm(pool.map(lambda j: _index_row(*j, root), jobs), total=len(jobs), desc="indexing", disable=not progress)
+        )
     df = pd.DataFrame(rows)
     df["label"] = pd.Categorical(df["label"], categories=list(CLASSES))
     number = df["image_id"].str.extract(r"(\d+)", expand=False).fillna("0").astype(int)
@@ -348,9 +336,7 @@ def load_or_build_index(root: os.PathLike | str, csv_path: Path, progress: bool 
         if len(df) and Path(df["image_path"].iloc[0]).is_relative_to(find_dataset_dir(root)):
             return df
     df = build_index(root, progress=progress)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, csv_path)
+    atomic_write_text(csv_path, df.to_csv(index=False))
     return df
 
 
@@ -393,7 +379,9 @@ def load_mask(mask_paths: str | Sequence[os.PathLike | str], shape: tuple[int, i
             raise ValueError("no mask paths and no shape given")
         union = np.zeros(shape, dtype=bool)
     if shape is not None and union.shape != tuple(shape):
-        raise BusiDataError(mask_paths[0], f"mask size {union.shape[::-1]} differs from image size {tuple(shape)[::-1]}")
+        raise BusiDataError(
+            mask_paths[0], f"mask size {union.shape[::-1]} differs from image size {tuple(shape)[::-1]}"
+        )
     return union
 
 

@@ -6,6 +6,7 @@ copies but has false alarms, so every perceptual match is *confirmed* by a pixel
 similarity (normalised cross-correlation of small blurred thumbnails, maximised over
 small shifts so a few pixels of crop do not matter).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -119,7 +120,12 @@ def summarise_groups(groups: pd.DataFrame) -> pd.DataFrame:
     dup = groups[groups["group_size"] > 1]
     return (
         dup.groupby("group")
-        .agg(size=("image_id", "size"), members=("image_id", " | ".join), labels=("label", lambda s: "/".join(sorted(set(s)))), cross_label=("cross_label", "first"))
+        .agg(
+            size=("image_id", "size"),
+            members=("image_id", " | ".join),
+            labels=("label", lambda s: "/".join(sorted(set(s)))),
+            cross_label=("cross_label", "first"),
+        )
         .reset_index()
         .sort_values(["cross_label", "size"], ascending=False)
         .reset_index(drop=True)
@@ -128,13 +134,17 @@ def summarise_groups(groups: pd.DataFrame) -> pd.DataFrame:
 
 def audit_duplicates(index: pd.DataFrame, groups_csv, progress: bool = True, **thresholds) -> pd.DataFrame:
     """Pairs -> groups, computed once per run folder (``duplicate_groups.csv``) and reused."""
-    from .config import cached_csv
+    from .files import cached_csv
 
     def make() -> pd.DataFrame:
         pairs = find_duplicate_pairs(index, progress=progress, **thresholds)
         groups = group_duplicates(index, pairs)
-        kinds = pd.concat([pairs[["image_a", "kind"]].rename(columns={"image_a": "image_id"}),
-                           pairs[["image_b", "kind"]].rename(columns={"image_b": "image_id"})])
+        kinds = pd.concat(
+            [
+                pairs[["image_a", "kind"]].rename(columns={"image_a": "image_id"}),
+                pairs[["image_b", "kind"]].rename(columns={"image_b": "image_id"}),
+            ]
+        )
         exact = set(kinds.loc[kinds["kind"] == "exact", "image_id"])
         groups["has_exact_copy"] = groups["image_id"].isin(exact)
         return groups

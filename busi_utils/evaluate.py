@@ -7,6 +7,7 @@ table and writes the JSON report atomically. Every interval resamples **patients
 images of one patient are not independent. Exit codes: 0 done, 2 unusable data (one-line error
 naming the file), 3 missing or incomplete run folder. Research and teaching only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,10 @@ import numpy as np
 import pandas as pd
 
 from . import DISCLAIMER
-from .config import CLASSES, RunPaths, atomic_write_json, read_json
+from .config import CLASSES
+from .errors import RunFolderError
+from .files import atomic_write_json, read_json
+from .runfolder import RunPaths
 
 KEYS = ["accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"]
 P = [f"p_{c}" for c in CLASSES]
@@ -36,7 +40,12 @@ def histogram_match(images: np.ndarray, reference_cdf: np.ndarray) -> np.ndarray
     levels = np.arange(256)
     for k, img in enumerate(images):
         cdf = _intensity_cdf(img)
-        out[k] = np.interp(np.interp(img.ravel(), levels, cdf), reference_cdf, levels).reshape(img.shape).round().astype(np.uint8)
+        out[k] = (
+            np.interp(np.interp(img.ravel(), levels, cdf), reference_cdf, levels)
+            .reshape(img.shape)
+            .round()
+            .astype(np.uint8)
+        )
     return out
 
 
@@ -57,11 +66,10 @@ class RunModels:
     def __init__(self, run_dir: str | Path):
         from . import classification as cls
         from . import segmentation as seg
-        from .infer import RunFolderError
 
         self.paths = RunPaths(Path(run_dir).resolve())
-        summary = read_json(self.paths.models / "classifier_summary.json")
-        unet = self.paths.models / "unet_final.pt"
+        summary = read_json(self.paths.classifier_summary)
+        unet = self.paths.unet_final
         if not unet.exists() or summary is None:
             raise RunFolderError(f"{self.paths.root}: no trained models (run notebooks 02-04, or `make course`)")
         self.balance = summary["balance"]
@@ -73,15 +81,18 @@ class RunModels:
                 raise RunFolderError(f"{path}: missing; the run folder is incomplete (run notebook 04)")
             self.classifiers[v] = cls.load_classifier(path)
         self.metrics = read_json(self.paths.metrics_json) or {}
+        self.finalised = summary.get("finalised", {})  # temperature, TTA views, entropy cutoff (notebook 04)
         self.seg_size = self.unet_info["recipe"]["size"]
         self.cls_size = self.classifiers["image+pred_mask"][1]["recipe"]["size"]
 
 
-def predict_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+def predict_external(
+    models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Per image: Dice/IoU (images with a mask), and every variant's class probabilities.
     Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
     from . import classification as cls
-    from . import explain, oof, preprocess
+    from . import explain, images, preprocess, uncertainty
     from . import segmentation as seg
     from .external import load_external_pair
 
@@ -97,7 +108,7 @@ def predict_external(models: RunModels, index: pd.DataFrame, adapt: str = "none"
         seg_images = histogram_match(seg_images, busi_reference_cdf(models.paths, models.seg_size))
         cls_arr["images"] = histogram_match(cls_arr["images"], busi_reference_cdf(models.paths, models.cls_size))
     probs = seg.predict_masks(models.unet, models.unet_info, seg_images)
-    probs = oof.prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
+    probs = images.prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
     ids = index["image_id"].tolist()
     table = index[["image_id", "label", "patient"]].copy()
     table["label"] = table["label"].astype(str)
@@ -115,8 +126,10 @@ def predict_external(models: RunModels, index: pd.DataFrame, adapt: str = "none"
         for k, c in enumerate(CLASSES):
             table[f"{v}:p_{c}"] = p[:, k]
         if v == "image+pred_mask":
-            tta = int(models.metrics.get("uncertainty", {}).get("tta_views", 2))
-            table["method_tta_entropy"] = explain.tta_predict(model, x, info["stats"], n=tta)[1]
+            tta = int(models.finalised.get("tta_views", 2))
+            tta_probs, _ = explain.tta_predict(model, x, info["stats"], n=tta)
+            calibrated = uncertainty.apply_temperature(tta_probs, float(models.finalised.get("temperature", 1.0)))
+            table["method_tta_entropy"] = uncertainty.entropy(calibrated)  # as the Predictor's referral rule sees it
     return table, probs
 
 
@@ -130,28 +143,44 @@ def variant_probs(table: pd.DataFrame, variant: str) -> tuple[pd.DataFrame, np.n
 def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: int = 0) -> dict:
     """The report: counts, Dice with a patient-bootstrap interval, and per variant the headline
     metrics with patient-bootstrap intervals; calibration of the method under shift."""
-    from . import metrics
+    from . import metrics, uncertainty
 
     lesion = table[table["dice"].notna()].reset_index(drop=True)
     d = lesion["dice"].to_numpy()
-    report = {"n_images": int(len(table)), "n_patients": int(table["patient"].nunique()),
-              "labels": table["label"].value_counts().reindex(CLASSES, fill_value=0).astype(int).to_dict(),
-              "n_lesion_masks": int(len(lesion)), "dice_mean": float(d.mean()) if len(d) else None,
-              "dice_ci95": list(metrics.bootstrap_ci(lambda i: d[i].mean(), len(d), n_boot, seed, groups=lesion["patient"])) if len(d) else None,
-              "iou_mean": float(lesion["iou"].mean()) if len(d) else None,
-              "normal_pred_area_mean": float(table.loc[table["label"] == "normal", "pred_area"].mean()), "variants": {}}
+    report = {
+        "n_images": int(len(table)),
+        "n_patients": int(table["patient"].nunique()),
+        "labels": table["label"].value_counts().reindex(CLASSES, fill_value=0).astype(int).to_dict(),
+        "n_lesion_masks": int(len(lesion)),
+        "dice_mean": float(d.mean()) if len(d) else None,
+        "dice_ci95": list(metrics.bootstrap_ci(lambda i: d[i].mean(), len(d), n_boot, seed, groups=lesion["patient"]))
+        if len(d)
+        else None,
+        "iou_mean": float(lesion["iou"].mean()) if len(d) else None,
+        "normal_pred_area_mean": float(table.loc[table["label"] == "normal", "pred_area"].mean()),
+        "variants": {},
+    }
     for v in models.classifiers:
         rows, p = variant_probs(table, v)
         m = metrics.classification_with_ci(rows["label"], p, KEYS, n_boot=n_boot, seed=seed, groups=rows["patient"])
-        report["variants"][v] = {"n": int(len(rows)), **{k: m[k]["value"] for k in KEYS}, **{f"{k}_ci95": m[k]["ci95"] for k in KEYS}}
+        report["variants"][v] = {
+            "n": int(len(rows)),
+            **{k: m[k]["value"] for k in KEYS},
+            **{f"{k}_ci95": m[k]["ci95"] for k in KEYS},
+        }
     rows, p = variant_probs(table, "image+pred_mask")
-    t = float(models.metrics.get("calibration", {}).get("temperature", 1.0))
-    report["calibration"] = {"temperature_from_busi": t, "ece_before": metrics.expected_calibration_error(rows["label"], p),
-                             "ece_after": metrics.expected_calibration_error(rows["label"], metrics.apply_temperature(p, t))}
+    t = float(models.finalised.get("temperature", 1.0))
+    report["calibration"] = {
+        "temperature_from_busi": t,
+        "ece_before": metrics.expected_calibration_error(rows["label"], p),
+        "ece_after": metrics.expected_calibration_error(rows["label"], uncertainty.apply_temperature(p, t)),
+    }
     return report
 
 
-def compare_with_busi(report: dict, busi_classification: dict, keys=("accuracy", "macro_f1", "malignant_recall", "auc_ovr")) -> pd.DataFrame:
+def compare_with_busi(
+    report: dict, busi_classification: dict, keys=("accuracy", "macro_f1", "malignant_recall", "auc_ovr")
+) -> pd.DataFrame:
     """Rows ``(variant, "BUSI test" | "external")``, columns ``keys``: each variant's score at home
     (notebook 05's ``metrics.json``) and on the external set, side by side."""
     rows = {}
@@ -162,7 +191,9 @@ def compare_with_busi(report: dict, busi_classification: dict, keys=("accuracy",
     return pd.DataFrame(rows).T
 
 
-def metrics_by_flag(table: pd.DataFrame, flags: pd.DataFrame, variants=("image_only", "image+pred_mask")) -> pd.DataFrame:
+def metrics_by_flag(
+    table: pd.DataFrame, flags: pd.DataFrame, variants=("image_only", "image+pred_mask")
+) -> pd.DataFrame:
     """Accuracy and macro-F1 of ``variants`` on the images with and without each boolean flag
     (columns of ``flags``, aligned with ``table``; e.g. BUS-UCLM's ``marks`` and ``doppler``)."""
     from . import metrics
@@ -173,7 +204,16 @@ def metrics_by_flag(table: pd.DataFrame, flags: pd.DataFrame, variants=("image_o
             for v in variants:
                 rows, p = variant_probs(part, v)
                 m = metrics.classification_metrics(rows["label"], p)
-                out.append({"flag": flag, "value": bool(value), "variant": v, "n": len(rows), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]})
+                out.append(
+                    {
+                        "flag": flag,
+                        "value": bool(value),
+                        "variant": v,
+                        "n": len(rows),
+                        "accuracy": m["accuracy"],
+                        "macro_f1": m["macro_f1"],
+                    }
+                )
     return pd.DataFrame(out)
 
 
@@ -182,19 +222,31 @@ def summary_lines(report: dict) -> list[str]:
     lines = [f"{report['n_images']} images, {report['n_patients']} patients, labels {report['labels']}"]
     if report["dice_mean"] is not None:
         lo, hi = report["dice_ci95"]
-        lines.append(f"segmentation Dice {report['dice_mean']:.3f} ({lo:.2f}-{hi:.2f}) on {report['n_lesion_masks']} lesion images")
+        lines.append(
+            f"segmentation Dice {report['dice_mean']:.3f} ({lo:.2f}-{hi:.2f}) on {report['n_lesion_masks']} lesion images"
+        )
     lines.append(f"{'variant':18s} {'n':>4s} " + " ".join(f"{k:>22s}" for k in KEYS))
     for v, r in report["variants"].items():
-        lines.append(f"{v:18s} {r['n']:4d} " + " ".join(f"{r[k]:8.3f} ({r[k + '_ci95'][0]:.2f}-{r[k + '_ci95'][1]:.2f})" for k in KEYS))
+        lines.append(
+            f"{v:18s} {r['n']:4d} "
+            + " ".join(f"{r[k]:8.3f} ({r[k + '_ci95'][0]:.2f}-{r[k + '_ci95'][1]:.2f})" for k in KEYS)
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m busi_utils.evaluate", description="Evaluate a trained run folder on a labelled external set. " + DISCLAIMER)
-    ap.add_argument("--data", required=True, help="external set: folder or zip (BUS-UCLM layout, or images/ + labels.csv)")
+    ap = argparse.ArgumentParser(
+        prog="python -m busi_utils.evaluate",
+        description="Evaluate a trained run folder on a labelled external set. " + DISCLAIMER,
+    )
+    ap.add_argument(
+        "--data", required=True, help="external set: folder or zip (BUS-UCLM layout, or images/ + labels.csv)"
+    )
     ap.add_argument("--run", default=None, help="run folder (default: runs/cpu, else runs/gpu, else runs/quick)")
     ap.add_argument("--out", default=None, help="JSON report path (written atomically)")
-    ap.add_argument("--adapt", default="none", choices=ADAPTATIONS, help="label-free adaptation of the images (default none)")
+    ap.add_argument(
+        "--adapt", default="none", choices=ADAPTATIONS, help="label-free adaptation of the images (default none)"
+    )
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
     args = ap.parse_args(argv)
     import time
@@ -203,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
     from .data import BusiDataError
     from .external import build_external_index, resolve_external
-    from .infer import RunFolderError, _default_run
+    from .runfolder import default_run
 
     start = time.perf_counter()
     try:
@@ -213,16 +265,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        models = RunModels(args.run or _default_run())
+        models = RunModels(args.run or default_run())
     except RunFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     table, _ = predict_external(models, index, adapt=args.adapt)
-    report = {"data": str(args.data), "run": str(models.paths.root), "adapt": args.adapt, **summarise(table, models, args.bootstrap)}
+    report = {
+        "data": str(args.data),
+        "run": str(models.paths.root),
+        "adapt": args.adapt,
+        **summarise(table, models, args.bootstrap),
+    }
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["seconds_per_image"] = round(report["seconds"] / max(len(table), 1), 4)
     print("\n".join(summary_lines(report)))
-    print(f"{report['seconds']:.0f} s ({report['seconds_per_image'] * 1000:.0f} ms per image) | {DISCLAIMER}", file=sys.stderr)
+    print(
+        f"{report['seconds']:.0f} s ({report['seconds_per_image'] * 1000:.0f} ms per image) | {DISCLAIMER}",
+        file=sys.stderr,
+    )
     if args.out:
         atomic_write_json(Path(args.out), report)
         print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)

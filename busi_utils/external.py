@@ -27,6 +27,7 @@ that cannot be used is a :class:`busi_utils.data.BusiDataError` naming the file 
 problem: an unknown label, an unreadable image, a mask or label row without an image, an image
 without a label row. Nothing is skipped silently.
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,7 +43,15 @@ from PIL import Image, UnidentifiedImageError
 from .config import CLASSES
 from .data import BusiDataError, extract_zip
 
-__all__ = ["ENV_VAR", "find_external_dir", "resolve_external", "find_external", "detect_layout", "build_external_index", "load_external_pair"]
+__all__ = [
+    "ENV_VAR",
+    "find_external_dir",
+    "resolve_external",
+    "find_external",
+    "detect_layout",
+    "build_external_index",
+    "load_external_pair",
+]
 
 ENV_VAR = "BUS_UCLM_ROOT"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -57,7 +66,10 @@ def find_external_dir(path: os.PathLike | str) -> Path:
     for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         if (candidate / "images").is_dir() and any((candidate / f).is_file() for f in LAYOUT_FILES.values()):
             return candidate
-    raise BusiDataError(path, "wrongly laid out: expected images/ and INFO.csv (BUS-UCLM) or labels.csv (generic), directly or one folder down")
+    raise BusiDataError(
+        path,
+        "wrongly laid out: expected images/ and INFO.csv (BUS-UCLM) or labels.csv (generic), directly or one folder down",
+    )
 
 
 def resolve_external(root: os.PathLike | str | None = None) -> Path | None:
@@ -92,7 +104,9 @@ def find_external(root: os.PathLike | str | None = None) -> tuple[Path, str]:
             return resolve_external(candidate), "zip" if candidate.suffix == ".zip" else "folder"
     from .synthetic import make_synthetic_external
 
-    warnings.warn(f"BUS-UCLM not found (${ENV_VAR} unset, nothing in {data_dir}); using a SYNTHETIC external set", stacklevel=2)
+    warnings.warn(
+        f"BUS-UCLM not found (${ENV_VAR} unset, nothing in {data_dir}); using a SYNTHETIC external set", stacklevel=2
+    )
     return make_synthetic_external(cache_dir() / "synthetic-external", layout="bus_uclm"), "synthetic"
 
 
@@ -105,7 +119,10 @@ def _read_table(path: Path) -> list[dict]:
     """Rows of a ';' or ',' separated CSV (BOM tolerated), keys stripped."""
     text = path.read_text(encoding="utf-8-sig")
     dialect = ";" if text.splitlines()[0].count(";") > text.splitlines()[0].count(",") else ","
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(io.StringIO(text), delimiter=dialect)]
+    return [
+        {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        for row in csv.DictReader(io.StringIO(text), delimiter=dialect)
+    ]
 
 
 def _label(value: str, where: Path, line: int) -> str:
@@ -127,14 +144,23 @@ def _label_rows(root: Path, layout: str) -> list[dict]:
     for n, row in enumerate(rows, start=2):  # line 1 is the header
         if layout == "bus_uclm":
             name = row.get("Image", "")
-            rec = {"image": name, "label": _label(row.get("Label", ""), table, n), "patient": Path(name).stem.split("_")[0],
-                   "doppler": _yes(row.get("Doppler", "")), "marks": _yes(row.get("Marks", ""))}
+            rec = {
+                "image": name,
+                "label": _label(row.get("Label", ""), table, n),
+                "patient": Path(name).stem.split("_")[0],
+                "doppler": _yes(row.get("Doppler", "")),
+                "marks": _yes(row.get("Marks", "")),
+            }
         else:
             if "image" not in row or "label" not in row:
                 raise BusiDataError(table, "needs the columns 'image' and 'label' (and optionally 'patient')")
             name = row["image"]
-            rec = {**{k: v for k, v in row.items() if k not in ("image", "label", "patient")}, "image": name,
-                   "label": _label(row["label"], table, n), "patient": row.get("patient") or Path(name).stem}
+            rec = {
+                **{k: v for k, v in row.items() if k not in ("image", "label", "patient")},
+                "image": name,
+                "label": _label(row["label"], table, n),
+                "patient": row.get("patient") or Path(name).stem,
+            }
         if not name:
             raise BusiDataError(table, f"line {n}: empty image name")
         out.append(rec)
@@ -169,7 +195,11 @@ def build_external_index(root: os.PathLike | str, progress: bool = True) -> pd.D
         if p.suffix.lower() not in IMAGE_EXTS:
             raise BusiDataError(p, f"not an image file (expected one of {', '.join(IMAGE_EXTS)})")
     masks_dir = root / "masks"
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.is_file() and not p.name.startswith(".")} if masks_dir.is_dir() else {}
+    masks = (
+        {p.stem: p for p in sorted(masks_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+        if masks_dir.is_dir()
+        else {}
+    )
     rows = _label_rows(root, layout)
     listed = {r["image"] for r in rows}
     unlabelled = sorted(set(images) - listed)
@@ -191,10 +221,22 @@ def build_external_index(root: os.PathLike | str, progress: bool = True) -> pd.D
         if mask is not None:
             mask_sha, (mw, mh) = _check_image(mask)
             resized = (mw, mh) != (w, h)
-        out.append({"image_id": f"{rec['patient']}/{path.stem}", **{k: v for k, v in rec.items() if k != "image"},
-                    "image_path": str(path), "mask_paths": str(mask) if mask else "", "rel_path": f"images/{path.name}",
-                    "width": w, "height": h, "has_mask": mask is not None, "mask_resized": resized,
-                    "sha256": sha, "mask_sha256": mask_sha, "layout": layout})
+        out.append(
+            {
+                "image_id": f"{rec['patient']}/{path.stem}",
+                **{k: v for k, v in rec.items() if k != "image"},
+                "image_path": str(path),
+                "mask_paths": str(mask) if mask else "",
+                "rel_path": f"images/{path.name}",
+                "width": w,
+                "height": h,
+                "has_mask": mask is not None,
+                "mask_resized": resized,
+                "sha256": sha,
+                "mask_sha256": mask_sha,
+                "layout": layout,
+            }
+        )
     index = pd.DataFrame(out)
     index["label"] = pd.Categorical(index["label"], categories=list(CLASSES))
     return index
@@ -241,4 +283,11 @@ def image_statistics(images: np.ndarray) -> pd.DataFrame:
     """Per image: mean and standard deviation of gray levels, share of near-black pixels
     (the region outside the scan sector) and of saturated pixels: where scanners differ."""
     flat = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
-    return pd.DataFrame({"mean": flat.mean(1), "std": flat.std(1), "dark_fraction": (flat < 10).mean(1), "bright_fraction": (flat > 245).mean(1)})
+    return pd.DataFrame(
+        {
+            "mean": flat.mean(1),
+            "std": flat.std(1),
+            "dark_fraction": (flat < 10).mean(1),
+            "bright_fraction": (flat > 245).mean(1),
+        }
+    )

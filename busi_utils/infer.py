@@ -1,15 +1,18 @@
-"""Inference for users: a :class:`Predictor` over a run folder's exported models, and a CLI.
+"""Inference for users: a :class:`Predictor` over a trained run folder, and a CLI.
 
     python -m busi_utils.infer --image scan.png [--run runs/cpu] [--out DIR] [--json]
     python -m busi_utils.infer --folder scans/ [--run runs/cpu] [--out DIR] [--json]
 
-The preprocessing is the training code path (``data`` -> ``preprocess.resize_pair`` ->
-``classification.build_inputs``), not a copy of it. Research and teaching only.
+Two backends compute the same thing. With the run's ONNX export (notebook 04) present and
+made from the run's current models, the Predictor runs on onnxruntime and NumPy only: this
+module imports neither torch nor fastai, so the command starts in well under two seconds.
+Without it (or with a stale one) it says so in one line and runs the torch models.
+The pixels are those of training (:mod:`busi_utils.images`). Research and teaching only.
 """
+
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -17,71 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from . import DISCLAIMER
-from .config import CLASSES, read_json, repo_root
+from . import DISCLAIMER, uncertainty
+from .config import CLASSES
+from .errors import InputError, RunFolderError
+from .files import atomic_path, file_sha256, read_json
+from .images import overlay_uint8, prob_to_uint8, resize_pair, resize_prob, to_grayscale
+from .runfolder import RunPaths, default_run
 
-MIN_SIDE = 64
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+BACKENDS = ("auto", "onnx", "torch")
 
-
-class InputError(ValueError):
-    """An input that cannot be analysed; the message names the file and the problem."""
-
-
-class RunFolderError(FileNotFoundError):
-    """The run folder is missing or lacks an exported model."""
-
-
-def to_grayscale(image) -> np.ndarray:
-    """A path, PIL image or array -> grayscale uint8 (H, W), the way training saw BUSI.
-
-    Accepts RGB, RGBA, palette, 8- and 16-bit grayscale, JPEG. Rejects what cannot be analysed
-    with :class:`InputError`.
-    """
-    name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        raw = path.read_bytes()
-        if not raw:
-            raise InputError(f"{path}: empty file")
-        try:
-            image = Image.open(io.BytesIO(raw))
-            image.load()
-        except UnidentifiedImageError:
-            raise InputError(f"{path}: not an image (unrecognised format)") from None
-        except (OSError, SyntaxError, ValueError) as err:
-            raise InputError(f"{path}: unreadable or truncated image ({err})") from None
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            image = Image.fromarray(_to_uint8(np.asarray(image, dtype=np.float32)))
-        elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, rgba)
-        gray = np.asarray(image.convert("L"))
-    else:
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[2] in (3, 4):
-            gray = np.asarray(Image.fromarray(arr[..., :3].astype(np.uint8)).convert("L"))
-        elif arr.ndim == 2:
-            gray = arr.astype(np.uint8) if arr.dtype == np.uint8 else _to_uint8(arr.astype(np.float32))
-        else:
-            raise InputError(f"{name}: array of shape {arr.shape} is not an image")
-    if min(gray.shape) < MIN_SIDE:
-        raise InputError(f"{name}: image too small to hold a lesion ({gray.shape[1]}x{gray.shape[0]} px; at least {MIN_SIDE} px per side)")
-    return gray
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """High-bit-depth gray to 8 bits by the bit depth in use (8, 12 or 16 bits), not by
-    stretching min-max: a scan's contrast stays what the machine recorded."""
-    top = float(arr.max())
-    full = 255.0 if top <= 255 else 4095.0 if top <= 4095 else 65535.0
-    return np.clip(np.round(arr / full * 255), 0, 255).astype(np.uint8)
+__all__ = ["Predictor", "Prediction", "InputError", "RunFolderError", "main"]
 
 
 @dataclass
@@ -95,117 +45,244 @@ class Prediction:
     uncertain: bool
     threshold: float = 0.5
     image: np.ndarray = field(repr=False, default=None)
+    ood_distance: float | None = None
+    out_of_distribution: bool = False
 
     @property
     def mask(self) -> np.ndarray:
         return self.mask_prob >= self.threshold
 
-    def overlay(self) -> np.ndarray:
-        from .viz import overlay
+    @property
+    def reliable(self) -> bool:
+        """False when the input does not look like the scans the models learned from."""
+        return not self.out_of_distribution
 
-        return (overlay(self.image, self.mask) * 255).astype(np.uint8)
+    def overlay(self) -> np.ndarray:
+        """The scan as 8-bit RGB with the mask tinted red."""
+        return overlay_uint8(self.image, self.mask)
 
     def to_json(self) -> dict:
-        return {"label": self.label, "probabilities": self.probabilities, "entropy": round(self.entropy, 4), "uncertain": self.uncertain,
-                "lesion_area_fraction": round(float(self.mask.mean()), 4), "threshold": self.threshold, "disclaimer": DISCLAIMER}
+        return {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "entropy": round(self.entropy, 4),
+            "uncertain": self.uncertain,
+            "out_of_distribution": self.out_of_distribution,
+            "reliable": self.reliable,
+            "ood_distance": None if self.ood_distance is None else round(self.ood_distance, 2),
+            "lesion_area_fraction": round(float(self.mask.mean()), 4),
+            "threshold": self.threshold,
+            "disclaimer": DISCLAIMER,
+        }
 
 
-def entropy_cutoff(run: Path) -> float:
-    """Refer-to-a-human cutoff: the 80th percentile of test-split TTA entropy (notebook 05),
-    else half of the maximum entropy log(3)."""
-    path = Path(run) / "preds" / "test_uncertainty.csv"
-    if path.exists():
-        import pandas as pd
+class _OnnxBackend:
+    """The exported graphs (``exports/``) on onnxruntime."""
 
-        return float(pd.read_csv(path)["entropy"].quantile(0.8))
-    return float(np.log(len(CLASSES)) / 2)
+    name = "onnx"
+
+    def __init__(self, paths: RunPaths, recipe: dict, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads  # 0: all cores; 1 when images run in parallel threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between images
+        self.seg = ort.InferenceSession(
+            str(paths.exports / recipe["segmenter"]["file"]), opts, providers=["CPUExecutionProvider"]
+        )
+        self.cls = ort.InferenceSession(
+            str(paths.exports / recipe["classifier"]["file"]), opts, providers=["CPUExecutionProvider"]
+        )
+
+    def segment(self, x: np.ndarray) -> np.ndarray:
+        return self.seg.run(None, {"input": x})[0]
+
+    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, feats = self.cls.run(None, {"input": x})
+        return probs, feats
+
+
+class _TorchBackend:
+    """The same graphs (:mod:`busi_utils.export`) run by torch on the run's model files."""
+
+    name = "torch"
+
+    def __init__(self, paths: RunPaths):
+        import warnings
+
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")  # torchvision import noise
+        import torch
+
+        from .export import load_graphs
+
+        self.torch = torch
+        self.seg_graph, self.cls_graph, self.summary = load_graphs(paths)
+
+    def segment(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.seg_graph(self.torch.from_numpy(x)).numpy()
+
+    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.torch.no_grad():
+            probs, feats = self.cls_graph(self.torch.from_numpy(x))
+        return probs.numpy(), feats.numpy()
+
+
+def export_status(paths: RunPaths) -> tuple[dict | None, str]:
+    """``(recipe, "")`` when the run's ONNX export is complete and made from its current model
+    files, else ``(None, why not)``."""
+    recipe = read_json(paths.export_recipe)
+    if recipe is None:
+        return None, f"no ONNX export in {paths.exports} (notebook 04 writes it)"
+    summary = read_json(paths.classifier_summary) or {}
+    sources = {
+        "segmenter": paths.unet_final,
+        "classifier": paths.models / summary.get("method_model", recipe["classifier"]["source"]),
+    }
+    for stage, model_file in sources.items():
+        if not (paths.exports / recipe[stage]["file"]).exists():
+            return None, f"{paths.exports / recipe[stage]['file']} is missing"
+        if model_file.exists() and file_sha256(model_file) != recipe[stage]["fingerprint"]:
+            return (
+                None,
+                f"the ONNX export is stale: {model_file.name} changed after it was exported (re-run notebook 04)",
+            )
+    return recipe, ""
 
 
 class Predictor:
-    """Load the exported U-Net and method classifier of a run folder; predict any image."""
+    """Segment and classify any image with a run folder's final models.
 
-    def __init__(self, run_dir: str | os.PathLike):
-        from . import classification as cls
-        from . import segmentation as seg
+    ``backend``: ``"auto"`` (ONNX when a current export exists, else torch), ``"onnx"`` or
+    ``"torch"``. ``notice`` receives the one-line reason when auto falls back to torch.
+    """
 
-        run = Path(run_dir)
-        if not run.is_dir():
-            raise RunFolderError(f"{run}: run folder not found (run `make course` first, or pass --run)")
-        summary = read_json(run / "models" / "classifier_summary.json")
-        needed = [run / "models" / "unet_final.pt", run / "models" / "classifier_summary.json"]
-        if summary:
-            needed.append(run / "models" / summary["method_model"])
-        missing = [p for p in needed if not p.exists()]
-        if missing:
-            raise RunFolderError(f"{missing[0]}: missing; the run folder is incomplete (run notebooks 02-04)")
-        self.run = run
-        self.unet, self.unet_info = seg.load_segmenter(needed[0])
-        self.classifier, self.cls_info = cls.load_classifier(needed[2])
-        self.seg_size = self.unet_info["recipe"]["size"]
-        self.cls_size = self.cls_info["recipe"]["size"]
-        self.tta = int((read_json(run / "metrics.json") or {}).get("uncertainty", {}).get("tta_views", 2))
-        self.entropy_cutoff = entropy_cutoff(run)
+    def __init__(self, run_dir: str | os.PathLike, backend: str = "auto", notice=None, threads: int = 0):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: {', '.join(BACKENDS)}")
+        paths = RunPaths(Path(run_dir).resolve())
+        if not paths.root.is_dir():
+            raise RunFolderError(f"{paths.root}: run folder not found (run `make course` first, or pass --run)")
+        summary = read_json(paths.classifier_summary)
+        for needed in (paths.unet_final, paths.classifier_summary):
+            if not needed.exists() and not paths.export_recipe.exists():
+                raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
+        self.paths = paths
+        recipe, why = export_status(paths) if backend != "torch" else (None, "torch backend requested")
+        if backend == "onnx" and recipe is None:
+            raise RunFolderError(f"{paths.export_recipe}: cannot use the ONNX backend: {why}")
+        if recipe is not None:
+            self.backend = _OnnxBackend(paths, recipe, threads)
+            fin = {
+                "tta_views": recipe["classifier"]["tta_views"],
+                "temperature": recipe["temperature"],
+                "entropy_cutoff": recipe["entropy_cutoff"],
+                "ood_threshold": recipe["ood"]["threshold"],
+            }
+            self.seg_size, self.cls_size = recipe["segmenter"]["size"], recipe["classifier"]["size"]
+            ood_file = paths.exports / recipe["ood"]["file"]
+        else:
+            if backend == "auto" and notice is not None:
+                notice(f"note: {why}; using the torch models (slower start)")
+            if summary is None or not (paths.models / summary["method_model"]).exists():
+                raise RunFolderError(f"{paths.classifier_summary}: missing or incomplete; run notebook 04")
+            self.backend = _TorchBackend(paths)
+            fin = summary.get("finalised", {})
+            self.seg_size, self.cls_size = self.backend.seg_graph.size, self.backend.cls_graph.size
+            ood_file = paths.ood_npz
+        self.tta = int(fin.get("tta_views", 2))
+        self.temperature = float(fin.get("temperature", 1.0))
+        self.entropy_cutoff = float(fin.get("entropy_cutoff", np.log(len(CLASSES)) / 2))
+        self.ood_threshold = fin.get("ood_threshold")
+        self.density = dict(np.load(ood_file)) if ood_file.exists() and self.ood_threshold is not None else None
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     def predict(self, image, threshold: float = 0.5) -> Prediction:
-        from . import classification as cls
-        from . import explain, oof, preprocess
-        from . import segmentation as seg
-
+        """Any image (path, bytes, PIL image or array): mask, calibrated probabilities, entropy,
+        referral flag and out-of-distribution flag."""
         gray = to_grayscale(image)
-        small, _ = preprocess.resize_pair(gray, None, self.seg_size)
-        prob = seg.predict_masks(self.unet, self.unet_info, small[None])[0]
-        prob = oof.prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
-        store = _SingleImage(preprocess.resize_pair(gray, None, self.cls_size)[0])
-        x = cls.build_inputs("image+pred_mask", ["x"], store, {"x": prob}, self.cls_size)
-        probs, ent = explain.tta_predict(self.classifier, x, self.cls_info["stats"], n=self.tta)
-        full = np.asarray(Image.fromarray(prob.astype(np.float32)).resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
-        p = {c: float(probs[0, k]) for k, c in enumerate(CLASSES)}
-        return Prediction(full, p, max(p, key=p.get), float(ent[0]), bool(ent[0] > self.entropy_cutoff), threshold, gray)
-
-
-class _SingleImage:
-    def __init__(self, img: np.ndarray):
-        self.img = img
-
-    def image(self, _):
-        return self.img
+        small = resize_pair(gray, None, self.seg_size)[0]
+        prob = self.backend.segment((small.astype(np.float32) / 255.0)[None, None])[0, 0]
+        prob = prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
+        x = np.stack([resize_pair(gray, None, self.cls_size)[0] / np.float32(255.0), resize_prob(prob, self.cls_size)])[
+            None
+        ]
+        raw, feats = self.backend.classify(x.astype(np.float32))
+        probs = uncertainty.apply_temperature(raw, self.temperature)[0]
+        ent = float(uncertainty.entropy(probs[None])[0])
+        dist = float(uncertainty.ood_distance(feats, self.density)[0]) if self.density is not None else None
+        full = np.asarray(Image.fromarray(prob).resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
+        p = {c: float(probs[k]) for k, c in enumerate(CLASSES)}
+        return Prediction(
+            full,
+            p,
+            max(p, key=p.get),
+            ent,
+            ent > self.entropy_cutoff,
+            threshold,
+            gray,
+            dist,
+            bool(dist is not None and dist > self.ood_threshold),
+        )
 
 
 def write_outputs(pred: Prediction, stem: str, out_dir: Path) -> list[Path]:
     """Mask and overlay PNGs, each written atomically (never half a file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, arr in (("mask", pred.mask.astype(np.uint8) * 255), ("overlay", pred.overlay())):
-        path = out_dir / f"{stem}_{suffix}.png"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        path = Path(out_dir) / f"{stem}_{suffix}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)  # fast; the files are small anyway
         written.append(path)
     return written
 
 
-def _default_run() -> Path:
-    for profile in ("cpu", "gpu", "quick"):
-        if (repo_root() / "runs" / profile / "models" / "unet_final.pt").exists():
-            return repo_root() / "runs" / profile
-    return repo_root() / "runs" / "cpu"
+def _flags(r: dict) -> str:
+    flags = (["NOT LIKE THE TRAINING SCANS: unreliable"] if r["out_of_distribution"] else []) + (
+        ["uncertain: refer"] if r["uncertain"] else []
+    )
+    return "; ".join(flags) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m busi_utils.infer", description="Segment and classify breast-ultrasound images with a trained run folder. " + DISCLAIMER)
+    ap = argparse.ArgumentParser(
+        prog="python -m busi_utils.infer",
+        description="Segment and classify breast-ultrasound images with a trained run folder. " + DISCLAIMER,
+    )
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="one image file (PNG, JPEG, BMP, TIFF; RGB, RGBA, palette, 8/16-bit gray; 64-5000 px)")
+    src.add_argument(
+        "--image", help="one image file (PNG, JPEG, BMP, TIFF; RGB, RGBA, palette, 8/16-bit gray; 64-5000 px)"
+    )
     src.add_argument("--folder", help="every image file in this folder (not recursive), with a progress bar")
-    ap.add_argument("--run", help="run folder with exported models (default: runs/cpu, else runs/gpu, else runs/quick)")
-    ap.add_argument("--out", default="predictions", help="where <name>_mask.png and <name>_overlay.png are written (default: ./predictions)")
-    ap.add_argument("--threshold", type=float, default=0.5, help="lesion probability above which a pixel is lesion (default 0.5)")
+    ap.add_argument("--run", help="run folder with trained models (default: runs/cpu, else runs/gpu, else runs/quick)")
+    ap.add_argument(
+        "--out",
+        default="predictions",
+        help="where <name>_mask.png and <name>_overlay.png are written (default: ./predictions)",
+    )
+    ap.add_argument(
+        "--threshold", type=float, default=0.5, help="lesion probability above which a pixel is lesion (default 0.5)"
+    )
+    ap.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="onnx (fast start), torch, or auto: onnx when the run has a current export",
+    )
     ap.add_argument("--json", action="store_true", help="print JSON (one object per image) instead of a table")
     args = ap.parse_args(argv)
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")  # torchvision import noise, not the user's concern
+    workers = 1 if args.image else min(4, os.cpu_count() or 1)
     try:
-        predictor = Predictor(args.run or _default_run())
+        predictor = Predictor(
+            args.run or default_run(),
+            args.backend,
+            notice=lambda msg: print(msg, file=sys.stderr),
+            threads=1 if workers > 1 else 0,
+        )
     except RunFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -217,26 +294,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder}: not a folder", file=sys.stderr)
             return 2
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    from tqdm.auto import tqdm
 
-    results, failed = [], []
-    for path in tqdm(files, desc="images", disable=not args.folder, file=sys.stderr):
+    def analyse(path: Path) -> dict | str:
         try:
             pred = predictor.predict(path, args.threshold)
         except InputError as err:
-            failed.append(str(err))
-            if args.image:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            continue
+            return str(err)
         write_outputs(pred, path.stem, Path(args.out))
-        results.append({"image": str(path), **pred.to_json()})
+        return {"image": str(path), **pred.to_json()}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:  # decoding, inference and PNG writing release the GIL
+        outcomes = list(_progress(pool.map(analyse, files), bool(args.folder), len(files)))
+    results = [o for o in outcomes if isinstance(o, dict)]
+    failed = [o for o in outcomes if isinstance(o, str)]
+    if args.image and failed:
+        print(f"error: {failed[0]}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(results if args.folder else results[0], indent=1))
     else:
-        print(f"{'image':40s} {'label':10s} " + " ".join(f"{c:>9s}" for c in CLASSES) + "  uncertain")
+        print(f"{'image':40s} {'label':10s} " + " ".join(f"{c:>9s}" for c in CLASSES) + "  flags")
         for r in results:
-            print(f"{Path(r['image']).name[:40]:40s} {r['label']:10s} " + " ".join(f"{r['probabilities'][c]:9.3f}" for c in CLASSES) + f"  {'yes' if r['uncertain'] else 'no'}")
+            print(
+                f"{Path(r['image']).name[:40]:40s} {r['label']:10s} "
+                + " ".join(f"{r['probabilities'][c]:9.3f}" for c in CLASSES)
+                + f"  {_flags(r)}"
+            )
         print(f"outputs in {Path(args.out).resolve()} | {DISCLAIMER}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} file(s) could not be analysed:", file=sys.stderr)
@@ -244,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {msg}", file=sys.stderr)
         return 2
     return 0
+
+
+def _progress(items, show: bool, total: int):
+    if not show:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="images", total=total, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Empty-mask convention (Dice/IoU per image): if truth and prediction are both empty the
 score is 1 (nothing to find, nothing found); if only one is empty it is 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -24,15 +25,8 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
-def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    return dice_iou(pred, truth)[0]
-
-
-def iou_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    return dice_iou(pred, truth)[1]
-
-
 # --------------------------------------------------------------------------- classification
+
 
 def _labels_to_idx(labels: Sequence[str]) -> np.ndarray:
     return np.array([CLASSES.index(str(label)) for label in labels])
@@ -45,7 +39,10 @@ def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str
 
     y = _labels_to_idx(labels)
     pred = np.asarray(probs).argmax(1)
-    out = {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(CLASSES)), zero_division=0))}
+    out = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(CLASSES)), zero_division=0)),
+    }
     p, r, f, _ = precision_recall_fscore_support(y, pred, labels=range(len(CLASSES)), zero_division=0)
     for k, c in enumerate(CLASSES):
         out[f"{c}_precision"], out[f"{c}_recall"], out[f"{c}_f1"] = float(p[k]), float(r[k]), float(f[k])
@@ -72,8 +69,14 @@ def resample_indices(rng: np.random.Generator, n: int, groups: Sequence | None =
     return np.concatenate([members[k] for k in picks])
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 groups: Sequence | None = None) -> tuple[float, float]:
+def bootstrap_ci(
+    stat: Callable[[np.ndarray], float],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    groups: Sequence | None = None,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(indices)`` over ``n`` cases resampled with
     replacement (images, or whole ``groups`` such as patients)."""
     rng = np.random.default_rng(seed)
@@ -82,8 +85,14 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
-def classification_with_ci(labels: Sequence[str], probs: np.ndarray, keys: Sequence[str], n_boot: int = 1000, seed: int = 0,
-                           groups: Sequence | None = None) -> dict[str, dict]:
+def classification_with_ci(
+    labels: Sequence[str],
+    probs: np.ndarray,
+    keys: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    groups: Sequence | None = None,
+) -> dict[str, dict]:
     """``{key: {"value", "ci95"}}`` for the chosen headline metrics; every bootstrap resample
     computes all keys at once (percentile intervals; images, or whole ``groups``, as the unit)."""
     labels = np.asarray([str(x) for x in labels])
@@ -99,12 +108,23 @@ def classification_with_ci(labels: Sequence[str], probs: np.ndarray, keys: Seque
     out = {}
     for j, key in enumerate(keys):
         col = draws[:, j][~np.isnan(draws[:, j])]
-        out[key] = {"value": point[key], "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))] if len(col) else [float("nan")] * 2}
+        out[key] = {
+            "value": point[key],
+            "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))]
+            if len(col)
+            else [float("nan")] * 2,
+        }
     return out
 
 
-def paired_bootstrap_diff(labels: Sequence[str], probs_a: np.ndarray, probs_b: np.ndarray, keys: Sequence[str], n_boot: int = 1000,
-                          seed: int = 0) -> dict[str, dict]:
+def paired_bootstrap_diff(
+    labels: Sequence[str],
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    keys: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
     """Difference ``a - b`` of two models scored on the *same* images, with a paired percentile
     bootstrap 95% interval: each resample draws one set of images and scores both models on it,
     so the image-to-image difficulty that both share cancels out. Also ``p_a_better``, the share
@@ -122,8 +142,11 @@ def paired_bootstrap_diff(labels: Sequence[str], probs_a: np.ndarray, probs_b: n
     out = {}
     for j, key in enumerate(keys):
         col = draws[:, j][~np.isnan(draws[:, j])]
-        out[key] = {"value": float(point[j]), "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))],
-                    "p_a_better": float((col > 0).mean())}
+        out[key] = {
+            "value": float(point[j]),
+            "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))],
+            "p_a_better": float((col > 0).mean()),
+        }
     return out
 
 
@@ -143,8 +166,10 @@ def mask_verdict(paired: dict, per_seed: pd.DataFrame, key: str = "macro_f1") ->
     if lo > 0 and (per_seed[key] > 0).all():
         return f"The predicted mask helps: the method is ahead on {name} on the test images (interval above zero) and for every seed."
     if mean > 0 and paired[key]["value"] > 0:
-        return (f"The method is ahead on {name} on average, but the paired interval includes zero or a seed disagrees: "
-                "the mask's benefit is not shown beyond doubt on a test split of this size.")
+        return (
+            f"The method is ahead on {name} on average, but the paired interval includes zero or a seed disagrees: "
+            "the mask's benefit is not shown beyond doubt on a test split of this size."
+        )
     return f"The predicted mask does not help on {name} here: the method is not ahead of image-only."
 
 
@@ -173,38 +198,10 @@ def reliability_curve(labels: Sequence[str], probs: np.ndarray, n_bins: int = 10
     for lo, hi in zip(bins[:-1], bins[1:]):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
-            rows.append({"confidence": conf[sel].mean(), "accuracy": (pred[sel] == y[sel]).mean(), "count": int(sel.sum())})
+            rows.append(
+                {"confidence": conf[sel].mean(), "accuracy": (pred[sel] == y[sel]).mean(), "count": int(sel.sum())}
+            )
     return pd.DataFrame(rows)
-
-
-def fit_temperature(labels: Sequence[str], probs: np.ndarray) -> float:
-    """The temperature T > 0 minimising the negative log-likelihood of softmax(log p / T)
-    (Guo et al. 2017). Fit on validation data only; it changes confidence, never the ranking."""
-    from scipy.optimize import minimize_scalar
-
-    y = _labels_to_idx(labels)
-    logits = np.log(np.clip(probs, 1e-8, 1))
-
-    def nll(log_t: float) -> float:
-        z = logits / np.exp(log_t)
-        z = z - z.max(1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-        return float(-logp[np.arange(len(y)), y].mean())
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
-
-
-def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
-    z = np.log(np.clip(probs, 1e-8, 1)) / t
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Predictive entropy (nats) per case: 0 when certain, log(3) when clueless."""
-    p = np.clip(probs, 1e-12, 1)
-    return -(p * np.log(p)).sum(1)
 
 
 def referral_curve(labels: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray) -> pd.DataFrame:
@@ -220,13 +217,18 @@ def referral_curve(labels: Sequence[str], probs: np.ndarray, uncertainty: np.nda
     return pd.DataFrame(rows)
 
 
-def referral_catch(labels: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray, cutoff: float) -> dict[str, float]:
+def referral_catch(
+    labels: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray, cutoff: float
+) -> dict[str, float]:
     """What a fixed referral rule (refer when ``uncertainty > cutoff``) does: the share referred,
     accuracy on the kept and the referred cases, and the share of all errors it sends to a human."""
     y = _labels_to_idx(labels)
     wrong = np.asarray(probs).argmax(1) != y
     referred = np.asarray(uncertainty) > cutoff
-    return {"cutoff": float(cutoff), "referred_fraction": float(referred.mean()),
-            "accuracy_kept": float(1 - wrong[~referred].mean()) if (~referred).any() else float("nan"),
-            "accuracy_referred": float(1 - wrong[referred].mean()) if referred.any() else float("nan"),
-            "errors_caught": float(wrong[referred].sum() / max(wrong.sum(), 1))}
+    return {
+        "cutoff": float(cutoff),
+        "referred_fraction": float(referred.mean()),
+        "accuracy_kept": float(1 - wrong[~referred].mean()) if (~referred).any() else float("nan"),
+        "accuracy_referred": float(1 - wrong[referred].mean()) if referred.any() else float("nan"),
+        "errors_caught": float(wrong[referred].sum() / max(wrong.sum(), 1)),
+    }

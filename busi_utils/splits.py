@@ -5,6 +5,7 @@ folds. Cross-label groups (the same scan filed as benign *and* malignant) carry 
 that cannot be right for all members; by default they are excluded from training and
 testing altogether.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .config import atomic_write_json, atomic_write_text, read_json
-
-
-class LeakageError(AssertionError):
-    """A group crosses a split or a fold, or a model saw an image it predicts."""
+from .errors import LeakageError
+from .files import atomic_write_json, atomic_write_text, read_json
 
 
 def subsample_groups(groups: pd.DataFrame, max_images: int, seed: int) -> pd.Series:

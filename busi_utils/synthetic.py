@@ -10,6 +10,7 @@ What it imitates, on purpose:
   ``_mask_1``; an exact duplicate filed as benign *and* malignant (BUSI has one) and a
   resized near-duplicate, so the duplicate audit has something real to find.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .config import atomic_write_json, read_json
+from .files import atomic_path, atomic_write_json, read_json
 
 DEFAULT_COUNTS = {"benign": 24, "malignant": 16, "normal": 12}
 
@@ -100,27 +101,24 @@ def make_synthetic_busi(
     if read_json(out_dir / "synthetic.json") == params and root.is_dir():
         return root
     rng = np.random.default_rng(seed)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    saved: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for label, n in counts.items():
-        folder = tmp / "Dataset_BUSI_with_GT" / label
-        folder.mkdir(parents=True)
-        saved[label] = []
-        for i in range(1, n + 1):
-            w = int(rng.integers(*size_range))
-            h = int(rng.integers(int(0.8 * size_range[0]), int(0.8 * size_range[1])))
-            img, mask = synthetic_case(rng, label, h, w)
-            saved[label].append((img, mask))
-            stem = f"{label} ({i})"
-            Image.fromarray(img).convert("RGB").save(folder / f"{stem}.png")
-            mode = ("1", "RGB", "RGBA")[i % 3] if label != "normal" else "L"
-            _save_mask(mask, folder / f"{stem}_mask.png", mode)
-    _add_quirks(tmp / "Dataset_BUSI_with_GT", saved, counts, rng)
-    atomic_write_json(tmp / "synthetic.json", params)
     shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    with atomic_path(out_dir) as tmp:
+        saved: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for label, n in counts.items():
+            folder = tmp / "Dataset_BUSI_with_GT" / label
+            folder.mkdir(parents=True)
+            saved[label] = []
+            for i in range(1, n + 1):
+                w = int(rng.integers(*size_range))
+                h = int(rng.integers(int(0.8 * size_range[0]), int(0.8 * size_range[1])))
+                img, mask = synthetic_case(rng, label, h, w)
+                saved[label].append((img, mask))
+                stem = f"{label} ({i})"
+                Image.fromarray(img).convert("RGB").save(folder / f"{stem}.png")
+                mode = ("1", "RGB", "RGBA")[i % 3] if label != "normal" else "L"
+                _save_mask(mask, folder / f"{stem}_mask.png", mode)
+        _add_quirks(tmp / "Dataset_BUSI_with_GT", saved, counts, rng)
+        atomic_write_json(tmp / "synthetic.json", params)
     return root
 
 
@@ -159,7 +157,9 @@ def _add_quirks(root: Path, saved: dict, counts: dict, rng: np.random.Generator)
     Image.fromarray(arr).save(path)
 
 
-def make_synthetic_external(root: os.PathLike | str, layout: str = "generic", seed: int = 7, n_patients: int = 8, per_patient: int = 4) -> Path:
+def make_synthetic_external(
+    root: os.PathLike | str, layout: str = "generic", seed: int = 7, n_patients: int = 8, per_patient: int = 4
+) -> Path:
     """A small labelled external set in either layout of :mod:`busi_utils.external`, with the
     quirks the loader must handle: coloured masks (green benign, red malignant), JPEG scans
     (BUS-UCLM) or mixed formats, masks of another size than their image, images without a mask
@@ -197,7 +197,9 @@ def make_synthetic_external(root: os.PathLike | str, layout: str = "generic", se
         with open(root / "INFO.csv", "w", encoding="utf-8-sig", newline="") as fh:
             fh.write("Image;Resolution;Label;Doppler;Marks;Combined\n")
             for n, r in enumerate(rows):
-                fh.write(f"{r['image']};320x240;{r['label'].capitalize()};{'Yes' if n % 7 == 0 else 'No'};{'Yes' if n % 3 == 0 else 'No'};No\n")
+                fh.write(
+                    f"{r['image']};320x240;{r['label'].capitalize()};{'Yes' if n % 7 == 0 else 'No'};{'Yes' if n % 3 == 0 else 'No'};No\n"
+                )
     else:
         with open(root / "labels.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["image", "label", "patient"])

@@ -8,6 +8,7 @@ layers cannot wreck the pretrained features with large early gradients; then eve
 than the head (``slice(lr / lr_mult, lr)``). This module runs the same steps but keeps the
 history of both phases, which the chapters plot.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,11 +16,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-__all__ = ["uses_fine_tune", "fit", "total_epochs", "temporary_folder", "quiet"]
+__all__ = ["Trained", "uses_fine_tune", "fit", "total_epochs", "temporary_folder", "quiet"]
+
+
+@dataclass
+class Trained:
+    """What ``get_or_train`` of either stage returns: the model, its saved info (recipe, seed,
+    training list, normalisation), the per-epoch history, and whether it was trained now
+    (``False``: loaded from the run folder, where the same recipe had already trained it)."""
+
+    model: Any
+    info: dict
+    history: pd.DataFrame
+    trained: bool
 
 
 def uses_fine_tune(recipe: dict) -> bool:
@@ -44,7 +59,13 @@ def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.Dat
         rows += [("frozen", v) for v in learn.recorder.values]
         learn.unfreeze()
         half = lr / 2
-        learn.fit_one_cycle(int(recipe["epochs"]), slice(half / float(recipe.get("lr_mult", 100)), half), pct_start=0.3, div=5.0, cbs=cbs)
+        learn.fit_one_cycle(
+            int(recipe["epochs"]),
+            slice(half / float(recipe.get("lr_mult", 100)), half),
+            pct_start=0.3,
+            div=5.0,
+            cbs=cbs,
+        )
     else:
         learn.fit_one_cycle(int(recipe["epochs"]), lr, cbs=cbs)
     rows += [("all", v) for v in learn.recorder.values]

@@ -1,4 +1,5 @@
 """Plots and picture grids shared by the notebooks (so no notebook copies another's)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,18 +11,18 @@ import seaborn as sns
 
 from .config import CLASSES
 from .data import load_image, load_mask
+from .images import overlay
 
 PALETTE = {"normal": "#4c72b0", "benign": "#55a868", "malignant": "#c44e52"}
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color=(1.0, 0.2, 0.2), alpha: float = 0.4) -> np.ndarray:
-    """RGB float image with ``mask`` (bool or probability) tinted over a grayscale ``image``."""
-    rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
-    m = mask.astype(np.float32)[..., None] * alpha
-    return np.clip(rgb * (1 - m) + np.array(color, dtype=np.float32) * m, 0, 1)
-
-
-def show_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 4, size: float = 3.0, cmap: str = "gray"):
+def show_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    size: float = 3.0,
+    cmap: str = "gray",
+):
     """Images in a grid with titles; returns the figure."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
@@ -47,7 +48,9 @@ def plot_class_balance(index: pd.DataFrame):
 
 def plot_sizes(index: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5, 4))
-    sns.scatterplot(data=index, x="width", y="height", hue="label", hue_order=CLASSES, palette=PALETTE, alpha=0.6, s=15, ax=ax)
+    sns.scatterplot(
+        data=index, x="width", y="height", hue="label", hue_order=CLASSES, palette=PALETTE, alpha=0.6, s=15, ax=ax
+    )
     ax.set(title="Image sizes (pixels)")
     return fig
 
@@ -56,7 +59,15 @@ def plot_mask_coverage(index: pd.DataFrame):
     """Lesion area as a fraction of the image, per class (normal: all zero)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     lesion = index[index["label"] != "normal"]
-    sns.boxplot(data=lesion, x="label", y="mask_fraction", order=[c for c in CLASSES if c != "normal"], hue="label", palette=PALETTE, ax=ax)
+    sns.boxplot(
+        data=lesion,
+        x="label",
+        y="mask_fraction",
+        order=[c for c in CLASSES if c != "normal"],
+        hue="label",
+        palette=PALETTE,
+        ax=ax,
+    )
     ax.set(ylabel="lesion area / image area", xlabel="", title="Mask coverage (lesion size)")
     return fig
 
@@ -85,7 +96,12 @@ def show_multi_mask(rows: pd.DataFrame, max_rows: int = 4):
         cells += [np.zeros_like(img)] * (ncols - 1 - len(cells))
         cells.append(overlay(img, load_mask(paths, img.shape)))
         images += cells
-        titles += [r.image_id] + [p.rsplit("/", 1)[-1].replace(r.image_id, "") for p in paths] + [""] * (ncols - 2 - len(paths)) + ["merged"]
+        titles += (
+            [r.image_id]
+            + [p.rsplit("/", 1)[-1].replace(r.image_id, "") for p in paths]
+            + [""] * (ncols - 2 - len(paths))
+            + ["merged"]
+        )
     return show_grid(images, titles, ncols=ncols, size=2.5)
 
 
@@ -134,7 +150,9 @@ def plot_distributions(df: pd.DataFrame, value: str, by: str, title: str, order=
     return fig
 
 
-def plot_benchmark_curves(history: pd.DataFrame, metric: str, names: Sequence[str], title: str, labels: dict | None = None):
+def plot_benchmark_curves(
+    history: pd.DataFrame, metric: str, names: Sequence[str], title: str, labels: dict | None = None
+):
     """Validation ``metric`` per epoch for several benchmark runs side by side (one line each;
     the frozen first phase of a fine-tuned run drawn dashed): how fast each one learns."""
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -142,7 +160,7 @@ def plot_benchmark_curves(history: pd.DataFrame, metric: str, names: Sequence[st
         h = history[history["name"] == name].sort_values("epoch")
         if not len(h):
             continue
-        line, = ax.plot(h["epoch"] + 1, h[metric], marker="o", ms=3, label=(labels or {}).get(name, name))
+        (line,) = ax.plot(h["epoch"] + 1, h[metric], marker="o", ms=3, label=(labels or {}).get(name, name))
         if "phase" in h and (h["phase"] == "frozen").any():
             frozen = h[h["phase"] == "frozen"]
             ax.plot(frozen["epoch"] + 1, frozen[metric], marker="s", ms=6, ls="", color=line.get_color(), mfc="white")
@@ -163,7 +181,7 @@ def show_first_filters(weight, title: str, n: int = 32, ax=None):
     for i, f in enumerate(w):
         f = (f - f.min()) / (np.ptp(f) + 1e-8)
         r, c = divmod(i, cols)
-        canvas[r * (k + 1): r * (k + 1) + k, c * (k + 1): c * (k + 1) + k] = f
+        canvas[r * (k + 1) : r * (k + 1) + k, c * (k + 1) : c * (k + 1) + k] = f
     if ax is None:
         _, ax = plt.subplots(figsize=(4, rows * 0.6 + 0.4))
     ax.imshow(canvas, cmap="gray")
@@ -189,8 +207,30 @@ def plot_crossfit_diagram(n_folds: int):
     ax.imshow(grid, cmap=ListedColormap(["#f2f2f2", "#9ecae1", "#fd8d3c"]), vmin=0, vmax=2)
     for (r, c), v in np.ndenumerate(grid):
         ax.text(c, r, ("", "train", "predict")[v], ha="center", va="center", fontsize=8)
-    ax.set(xticks=range(len(cols)), xticklabels=cols, yticks=range(len(rows)), yticklabels=rows,
-           title="Who predicts whom: each column's masks come from its orange cell")
+    ax.set(
+        xticks=range(len(cols)),
+        xticklabels=cols,
+        yticks=range(len(rows)),
+        yticklabels=rows,
+        title="Who predicts whom: each column's masks come from its orange cell",
+    )
     ax.tick_params(length=0)
     fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(paired: dict, per_seed: pd.DataFrame, xlabel: str, title: str = "Is the mask worth it?"):
+    """One row per metric: the paired-bootstrap difference with its 95% interval (black) and
+    the same difference for each seed of the seed study (orange dots). Returns the figure."""
+    keys = list(paired)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for j, k in enumerate(keys):
+        value, (lo, hi) = paired[k]["value"], paired[k]["ci95"]
+        ax.errorbar(value, j, xerr=[[value - lo], [hi - value]], fmt="o", color="black", capsize=3)
+        ax.scatter(
+            per_seed[k], [j + 0.2] * len(per_seed), color="tab:orange", s=14, label="one seed" if j == 0 else None
+        )
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(yticks=range(len(keys)), yticklabels=keys, xlabel=xlabel, title=title)
+    ax.legend(loc="lower right", fontsize=8)
     return fig

@@ -9,13 +9,14 @@ with the machine's speed calibration (``busi_utils.benchmark``). Needs notebooks
         name=pretrained_96,arch=lite0,size=96,epochs=9,freeze_epochs=1,pretrained=true \\
         name=scratch_96,arch=lite0,size=96,epochs=10,pretrained=false
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-from busi_utils import benchmark, config, data, metrics, oof, preprocess
+from busi_utils import benchmark, data, metrics, oof, preprocess, runfolder
 from busi_utils import classification as cls
 
 DEFAULTS = {"arch": "lite0", "size": 96, "epochs": 10, "batch_size": 32, "lr": 2e-3, "balance": "weighted_loss"}
@@ -29,7 +30,7 @@ def main() -> None:
     unknown = sorted(set(variants) - set(cls.VARIANTS))
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(cls.VARIANTS)}")
-    paths = config.RunPaths.for_profile("cpu", args.run_dir)
+    paths = runfolder.RunPaths.for_profile("cpu", args.run_dir)
     index = data.read_index(paths.index_csv)
     split = pd.read_csv(paths.split_csv, keep_default_na=False)
     manifest = oof.read_mask_manifest(paths)
@@ -44,13 +45,26 @@ def main() -> None:
         for variant in variants:
             x_tr, y_tr = vd.arrays(variant, "train")
             x_va, y_va = vd.arrays(variant, "valid")
-            model, hist, info = cls.train_classifier(x_tr, y_tr, x_va, y_va, recipe, args.seed, show_progress=False, kinds=cls.CHANNELS[variant])
+            model, hist, info = cls.train_classifier(
+                x_tr, y_tr, x_va, y_va, recipe, args.seed, show_progress=False, kinds=cls.CHANNELS[variant]
+            )
             m = metrics.classification_metrics(y_va, cls.predict_proba(model, x_va, info["stats"]))
-            row = {"name": name, "variant": variant, "arch": recipe["arch"], "pretrained": bool(recipe.get("pretrained", False)),
-                   "size": recipe["size"], "epochs": len(hist), "mask_aug": bool(recipe.get("mask_aug", False)),
-                   "s_per_epoch": info["seconds_per_epoch"], "best_epoch": info["best_epoch"] + 1,
-                   **{f"valid_{k}": round(m[k], 3) for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")},
-                   "n_train": len(y_tr), "n_valid": len(y_va), "seed": args.seed, **machine}
+            row = {
+                "name": name,
+                "variant": variant,
+                "arch": recipe["arch"],
+                "pretrained": bool(recipe.get("pretrained", False)),
+                "size": recipe["size"],
+                "epochs": len(hist),
+                "mask_aug": bool(recipe.get("mask_aug", False)),
+                "s_per_epoch": info["seconds_per_epoch"],
+                "best_epoch": info["best_epoch"] + 1,
+                **{f"valid_{k}": round(m[k], 3) for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")},
+                "n_train": len(y_tr),
+                "n_valid": len(y_va),
+                "seed": args.seed,
+                **machine,
+            }
             benchmark.record(args.out, "classifier", row, hist, ["name", "variant"])
     print(pd.read_csv(Path(args.out) / "classifier.csv").to_string(index=False))
 

@@ -5,6 +5,7 @@
 Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``. A run on
 synthetic data is refused: its numbers are software tests, not results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,12 @@ from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 VARIANTS = ["image_only", "image+pred_mask", "mask_only", "image+gt_mask"]
-ROLE = {"image_only": "baseline", "image+pred_mask": "**the method**", "mask_only": "shape alone", "image+gt_mask": "leaky upper bound (GT mask at test time)"}
+ROLE = {
+    "image_only": "baseline",
+    "image+pred_mask": "**the method**",
+    "mask_only": "shape alone",
+    "image+gt_mask": "leaky upper bound (GT mask at test time)",
+}
 
 
 def fmt(value: float, ci: list[float] | None = None) -> str:
@@ -38,40 +44,68 @@ def table(m: dict, when: str, machine: str) -> str:
     ]
     for v in VARIANTS:
         c = m["classification"][v]
-        cells = [fmt(c[k], c.get(f"{k}_ci95")) for k in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr")]
+        cells = [
+            fmt(c[k], c.get(f"{k}_ci95"))
+            for k in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr")
+        ]
         lines.append(f"| `{v}` | {ROLE[v]} | " + " | ".join(cells) + " |")
     ext = m.get("external", {}).get("bus_uclm")
     if ext:
-        lines += ["", f"**External validation** (BUS-UCLM, another hospital and scanner: {ext['n_images']} images of {ext['n_patients']} patients, "
-                  "pipeline unchanged; 95% intervals resample patients): segmentation Dice "
-                  f"{fmt(ext['dice_mean'], ext['dice_ci95'])} (BUSI test {seg['dice_mean']:.3f}).", "",
-                  "| classifier input | BUSI test macro-F1 | BUS-UCLM macro-F1 | BUS-UCLM accuracy | BUS-UCLM malignant recall | BUS-UCLM AUC |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**External validation** (BUS-UCLM, another hospital and scanner: {ext['n_images']} images of {ext['n_patients']} patients, "
+            "pipeline unchanged; 95% intervals resample patients): segmentation Dice "
+            f"{fmt(ext['dice_mean'], ext['dice_ci95'])} (BUSI test {seg['dice_mean']:.3f}).",
+            "",
+            "| classifier input | BUSI test macro-F1 | BUS-UCLM macro-F1 | BUS-UCLM accuracy | BUS-UCLM malignant recall | BUS-UCLM AUC |",
+            "|---|---|---|---|---|---|",
+        ]
         for v in VARIANTS:
             e, b = ext["variants"][v], m["classification"][v]
-            lines.append(f"| `{v}` | {b['macro_f1']:.3f} | " + " | ".join(fmt(e[k], e.get(f"{k}_ci95")) for k in ("macro_f1", "accuracy", "malignant_recall", "auc_ovr")) + " |")
+            lines.append(
+                f"| `{v}` | {b['macro_f1']:.3f} | "
+                + " | ".join(
+                    fmt(e[k], e.get(f"{k}_ci95")) for k in ("macro_f1", "accuracy", "malignant_recall", "auc_ovr")
+                )
+                + " |"
+            )
     worth = m.get("mask_worth")
     if worth:
         paired = worth["paired"]
-        cells = [f"{k.replace('_', ' ')} {paired[k]['value']:+.3f} ({paired[k]['ci95'][0]:+.2f} to {paired[k]['ci95'][1]:+.2f})"
-                 for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")]
+        cells = [
+            f"{k.replace('_', ' ')} {paired[k]['value']:+.3f} ({paired[k]['ci95'][0]:+.2f} to {paired[k]['ci95'][1]:+.2f})"
+            for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")
+        ]
         seeds = worth["seeds"]
-        lines += ["", "**Is the mask worth it?** Method minus image-only on the same test images (paired bootstrap 95% interval): "
-                  + "; ".join(cells) + f". Over {seeds['n_seeds']} classifier seeds (seeds {', '.join(map(str, seeds['seeds']))}), "
-                  f"the macro-F1 difference is {seeds['macro_f1_diff_mean']:+.3f} ± {seeds['macro_f1_diff_std']:.3f} (mean ± SD), "
-                  f"accuracy {seeds['accuracy_diff_mean']:+.3f} ± {seeds['accuracy_diff_std']:.3f}. {worth['verdict']}"]
+        lines += [
+            "",
+            "**Is the mask worth it?** Method minus image-only on the same test images (paired bootstrap 95% interval): "
+            + "; ".join(cells)
+            + f". Over {seeds['n_seeds']} classifier seeds (seeds {', '.join(map(str, seeds['seeds']))}), "
+            f"the macro-F1 difference is {seeds['macro_f1_diff_mean']:+.3f} ± {seeds['macro_f1_diff_std']:.3f} (mean ± SD), "
+            f"accuracy {seeds['accuracy_diff_mean']:+.3f} ± {seeds['accuracy_diff_std']:.3f}. {worth['verdict']}",
+        ]
     leak = m.get("leakage", {})
     if "random_split" in leak:
         r = leak["random_split"]
-        lines += ["", f"**Leakage lesson:** on a random, ungrouped split {r['test_with_copy_in_train']} of {r['n_test']} test images have a copy in "
-                  f"training, and image-only accuracy reads {r['accuracy']:.3f} (grouped split: {leak['grouped_split']['accuracy']:.3f}). "
-                  f"The ground-truth-mask model scores {leak['gt_mask_model']['with_gt_masks']:.3f} with hand-drawn masks and "
-                  f"{leak['gt_mask_model']['with_predicted_masks']:.3f} with the U-Net's."]
+        lines += [
+            "",
+            f"**Leakage lesson:** on a random, ungrouped split {r['test_with_copy_in_train']} of {r['n_test']} test images have a copy in "
+            f"training, and image-only accuracy reads {r['accuracy']:.3f} (grouped split: {leak['grouped_split']['accuracy']:.3f}). "
+            f"The ground-truth-mask model scores {leak['gt_mask_model']['with_gt_masks']:.3f} with hand-drawn masks and "
+            f"{leak['gt_mask_model']['with_predicted_masks']:.3f} with the U-Net's.",
+        ]
     cal = m.get("calibration")
     if cal:
-        lines += ["", f"**Calibration** (method): ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation)."]
-    lines += ["", "Figures (written by notebook 05): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
-              "`figures/segmentation_dice.png`, `figures/referral.png`, `figures/mask_worth.png`."]
+        lines += [
+            "",
+            f"**Calibration** (method): ECE {cal['ece_before']:.3f} → {cal['ece_after']:.3f} after temperature scaling (T = {cal['temperature']:.2f}, fitted on validation).",
+        ]
+    lines += [
+        "",
+        "Figures (written by notebook 05): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
+        "`figures/segmentation_dice.png`, `figures/referral.png`, `figures/mask_worth.png`.",
+    ]
     return "\n".join(lines)
 
 
@@ -86,17 +120,23 @@ def main() -> int:
         return 1
     m = json.loads(args.metrics.read_text())
     if m["data"]["kind"] == "synthetic":
-        print(f"{args.metrics}: a synthetic-data run; the README shows results on BUSI only. Table not written.", file=sys.stderr)
+        print(
+            f"{args.metrics}: a synthetic-data run; the README shows results on BUSI only. Table not written.",
+            file=sys.stderr,
+        )
         return 0
     if m["profile"] == "quick":
-        print(f"{args.metrics}: a quick-profile run (a test of the software); the README shows the cpu or gpu profile. Table not written.", file=sys.stderr)
+        print(
+            f"{args.metrics}: a quick-profile run (a test of the software); the README shows the cpu or gpu profile. Table not written.",
+            file=sys.stderr,
+        )
         return 0
     text = args.readme.read_text()
     if START not in text or END not in text:
         print(f"{args.readme}: markers {START} / {END} not found", file=sys.stderr)
         return 1
     when = date.fromtimestamp(args.metrics.stat().st_mtime).isoformat()
-    new = text[: text.index(START) + len(START)] + "\n" + table(m, when, args.machine) + "\n" + text[text.index(END):]
+    new = text[: text.index(START) + len(START)] + "\n" + table(m, when, args.machine) + "\n" + text[text.index(END) :]
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
     return 0

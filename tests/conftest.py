@@ -1,4 +1,5 @@
 """Shared fixtures: a synthetic BUSI for unit tests, the real BUSI when BUSI_ROOT is set."""
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ def quick_run(tmp_path_factory):
 def quick_paths(quick_run):
     """The quick run's folder, once notebooks 01-05 have succeeded (else the test is skipped
     as an error of the notebook test, which reports the real failure)."""
-    from busi_utils.config import RunPaths
+    from busi_utils.runfolder import RunPaths
 
     run_dir, errors = quick_run
     needed = [n for n in errors if n[:2] in ("01", "02", "03", "04", "05")]

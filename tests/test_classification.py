@@ -1,4 +1,5 @@
 """Stage 2: what goes into the classifier, and that augmentation keeps channels aligned."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,14 @@ def variant_data(quick_paths):
 
     recipe = config.load_profile("quick")["classify"]
     split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
-    images = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False))
+    images = preprocess.ArrayStore(
+        preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False)
+    )
     masks = oof.read_mask_manifest(quick_paths)
     used = split[split["split"].isin(["train", "test"])]["image_id"].tolist()
-    return cls.VariantData(quick_paths, split, images, dict(zip(used, oof.load_masks(quick_paths, masks, used))), recipe["size"]), masks
+    return cls.VariantData(
+        quick_paths, split, images, dict(zip(used, oof.load_masks(quick_paths, masks, used))), recipe["size"]
+    ), masks
 
 
 def test_channel_two_is_the_stored_oof_mask_never_the_truth(variant_data):
@@ -106,7 +111,9 @@ def test_lighting_touches_only_the_scan_and_mask_aug_only_predicted_masks():
     from busi_utils.augment import MaskConfidence, ScanLighting, ultrasound_multichannel
 
     def extra(kinds, mask_aug):
-        return [t for t in ultrasound_multichannel(64, kinds, mask_aug) if isinstance(t, (ScanLighting, MaskConfidence))]
+        return [
+            t for t in ultrasound_multichannel(64, kinds, mask_aug) if isinstance(t, (ScanLighting, MaskConfidence))
+        ]
 
     assert extra(["pred_mask"], False) == []
     light = extra(["image", "pred_mask"], False)

@@ -1,4 +1,5 @@
 """The data layer: finding, validating, indexing and loading (synthetic BUSI)."""
+
 from __future__ import annotations
 
 import shutil
@@ -30,7 +31,17 @@ def test_index_has_one_row_per_image_with_all_columns(synthetic_index):
     idx = synthetic_index
     assert len(idx) == 24 + 16 + 12
     assert idx["image_id"].is_unique
-    for col in ["image_id", "label", "image_path", "mask_paths", "width", "height", "mode", "has_colour_marks", "sha256"]:
+    for col in [
+        "image_id",
+        "label",
+        "image_path",
+        "mask_paths",
+        "width",
+        "height",
+        "mode",
+        "has_colour_marks",
+        "sha256",
+    ]:
         assert col in idx.columns
     row = idx.set_index("image_id").loc["benign (1)"]
     assert row["n_masks"] == 2 and row["mask_paths"].count(";") == 1
@@ -233,4 +244,6 @@ def test_synthetic_generator_is_seeded(tmp_path):
 
     r1 = make(tmp_path / "a", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)
     r2 = make(tmp_path / "b", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)
-    assert data.dataset_hash(data.build_index(r1, progress=False)) == data.dataset_hash(data.build_index(r2, progress=False))
+    assert data.dataset_hash(data.build_index(r1, progress=False)) == data.dataset_hash(
+        data.build_index(r2, progress=False)
+    )

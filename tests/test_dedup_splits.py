@@ -1,4 +1,5 @@
 """Duplicate audit and grouped splits: no scan may sit on two sides of a split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from busi_utils import dedup, splits
-from busi_utils.splits import LeakageError
+from busi_utils.errors import LeakageError
 
 
 @pytest.fixture(scope="module")

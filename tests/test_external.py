@@ -1,5 +1,6 @@
 """External validation: the loader (both layouts, every bad input), the patient bootstrap,
 the evaluate CLI, and the real BUS-UCLM when BUS_UCLM_ROOT is set."""
+
 from __future__ import annotations
 
 import os
@@ -55,15 +56,27 @@ def _rewrite_labels(root: Path, edit) -> None:
     edit(table).to_csv(root / "labels.csv", index=False)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda r: _rewrite_labels(r, lambda t: t.assign(label=["tumour"] + list(t["label"][1:]))), r"labels\.csv: line 2: unknown label 'tumour'"),
-    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "not a readable image|unreadable"),
-    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b""), "empty file"),
-    (lambda r: shutil.copy(r / "masks" / sorted(os.listdir(r / "masks"))[0], r / "masks" / "ZZZZ_999.png"), r"ZZZZ_999\.png: mask without an image"),
-    (lambda r: _rewrite_labels(r, lambda t: t.iloc[1:]), "image without a label row"),
-    (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).unlink(), "listed in labels.csv but missing"),
-    (lambda r: (r / "labels.csv").unlink(), "wrongly laid out"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda r: _rewrite_labels(r, lambda t: t.assign(label=["tumour"] + list(t["label"][1:]))),
+            r"labels\.csv: line 2: unknown label 'tumour'",
+        ),
+        (
+            lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b"\x89PNG\r\n\x1a\n garbage"),
+            "not a readable image|unreadable",
+        ),
+        (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).write_bytes(b""), "empty file"),
+        (
+            lambda r: shutil.copy(r / "masks" / sorted(os.listdir(r / "masks"))[0], r / "masks" / "ZZZZ_999.png"),
+            r"ZZZZ_999\.png: mask without an image",
+        ),
+        (lambda r: _rewrite_labels(r, lambda t: t.iloc[1:]), "image without a label row"),
+        (lambda r: (r / "images" / sorted(os.listdir(r / "images"))[0]).unlink(), "listed in labels.csv but missing"),
+        (lambda r: (r / "labels.csv").unlink(), "wrongly laid out"),
+    ],
+)
 def test_bad_input_is_a_named_error(ext_copy, damage, message):
     damage(ext_copy)
     with pytest.raises(BusiDataError, match=message):
@@ -93,7 +106,9 @@ def test_subset_keeps_whole_patients(ext_root):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "busi_utils.evaluate", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "busi_utils.evaluate", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_evaluate_cli_reports_and_fails_cleanly(quick_paths, tmp_path, ext_root):
@@ -143,7 +158,9 @@ def test_metrics_by_flag_scores_each_side_of_a_flag():
     table = _table(labels, {"image_only": labels[:3] + ["normal"] * 3, "image+pred_mask": labels})
     flags = pd.DataFrame({"marks": [True, True, True, False, False, False]})
     by = evaluate.metrics_by_flag(table, flags).set_index(["value", "variant"])
-    assert by.loc[(True, "image_only"), "accuracy"] == 1.0 and by.loc[(False, "image_only"), "accuracy"] == pytest.approx(1 / 3)
+    assert by.loc[(True, "image_only"), "accuracy"] == 1.0 and by.loc[
+        (False, "image_only"), "accuracy"
+    ] == pytest.approx(1 / 3)
     assert (by.loc[(False, "image+pred_mask"), "n"], by.loc[(False, "image+pred_mask"), "accuracy"]) == (3, 1.0)
 
 
@@ -152,4 +169,6 @@ def test_compare_with_busi_puts_home_and_away_side_by_side():
     busi = {"image_only": {"accuracy": 0.7, "macro_f1": 0.6, "malignant_recall": 0.8, "auc_ovr": 0.9}}
     side = evaluate.compare_with_busi(report, busi)
     drop = side.xs("BUSI test", level=1) - side.xs("external", level=1)
-    assert drop.loc["image_only", "macro_f1"] == pytest.approx(0.2) and drop.loc["image_only", "malignant_recall"] == pytest.approx(0.5)
+    assert drop.loc["image_only", "macro_f1"] == pytest.approx(0.2) and drop.loc[
+        "image_only", "malignant_recall"
+    ] == pytest.approx(0.5)

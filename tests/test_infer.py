@@ -1,4 +1,5 @@
 """Predictor, CLI and widget app on the exported quick-profile models."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from busi_utils import infer
+from busi_utils import images, infer, runfolder
 from busi_utils.config import CLASSES
 
 
@@ -23,9 +24,11 @@ def predictor(quick_paths):
 def scan(quick_paths):
     import pandas as pd
 
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     idx = pd.read_csv(quick_paths.index_csv, keep_default_na=False).set_index("image_id")
-    return np.asarray(Image.open(idx.loc[split.query("split == 'test'")["image_id"].iloc[0], "image_path"]).convert("RGB"))
+    return np.asarray(
+        Image.open(idx.loc[split.query("split == 'test'")["image_id"].iloc[0], "image_path"]).convert("RGB")
+    )
 
 
 def cli(*args):
@@ -45,9 +48,14 @@ def _variants(scan: np.ndarray, tmp_path):
     rgb = Image.fromarray(scan)
     gray = rgb.convert("L")
     out = {
-        "rgb.png": rgb, "rgba.png": rgb.convert("RGBA"), "palette.png": rgb.convert("P"), "gray.png": gray,
-        "gray16.png": Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257), "photo.jpg": rgb,
-        "tiny64.png": gray.resize((64, 80)), "huge5000.png": gray.resize((5000, 4000), Image.NEAREST),
+        "rgb.png": rgb,
+        "rgba.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+        "gray.png": gray,
+        "gray16.png": Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257),
+        "photo.jpg": rgb,
+        "tiny64.png": gray.resize((64, 80)),
+        "huge5000.png": gray.resize((5000, 4000), Image.NEAREST),
     }
     paths = []
     for name, img in out.items():
@@ -75,14 +83,19 @@ def _bad_inputs(tmp_path, scan):
     (tmp_path / "truncated.png").write_bytes(raw[: len(raw) // 3])
     (tmp_path / "whole.png").unlink()
     Image.fromarray(scan).resize((40, 30)).save(tmp_path / "small.png")
-    return {"notes.png": "not an image", "empty.png": "empty file", "truncated.png": "truncated", "small.png": "too small"}
+    return {
+        "notes.png": "not an image",
+        "empty.png": "empty file",
+        "truncated.png": "truncated",
+        "small.png": "too small",
+    }
 
 
 def test_every_rejected_input_gets_its_message_and_exit_code(quick_paths, scan, tmp_path):
     bad = _bad_inputs(tmp_path, scan)
     for name, problem in bad.items():
         with pytest.raises(infer.InputError, match=problem):
-            infer.to_grayscale(tmp_path / name)
+            images.to_grayscale(tmp_path / name)
         r = cli("--image", tmp_path / name, "--run", quick_paths.root, "--out", tmp_path / "out")
         assert r.returncode == 2, name
         assert name in r.stderr and problem in r.stderr and r.stderr.count("\n") == 1, r.stderr
@@ -105,8 +118,21 @@ def test_cli_json_and_files(quick_paths, scan, tmp_path):
     r = cli("--image", tmp_path / "scan.png", "--run", quick_paths.root, "--out", tmp_path / "out", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert set(doc) >= {"image", "label", "probabilities", "entropy", "uncertain", "lesion_area_fraction", "disclaimer"}
-    assert set(doc["probabilities"]) == set(CLASSES) and sum(doc["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert set(doc) >= {
+        "image",
+        "label",
+        "probabilities",
+        "entropy",
+        "uncertain",
+        "lesion_area_fraction",
+        "disclaimer",
+        "out_of_distribution",
+        "reliable",
+        "ood_distance",
+    }
+    assert set(doc["probabilities"]) == set(CLASSES) and sum(doc["probabilities"].values()) == pytest.approx(
+        1, abs=1e-4
+    )
     mask = Image.open(tmp_path / "out" / "scan_mask.png")
     assert mask.size == (scan.shape[1], scan.shape[0])
     assert Image.open(tmp_path / "out" / "scan_overlay.png").mode == "RGB"
@@ -126,7 +152,12 @@ def test_folder_mode_processes_good_files_and_lists_bad_ones(quick_paths, scan, 
     assert sorted(d["image"].rsplit("/", 1)[-1] for d in done) == ["good1.png", "good2.jpg"]
     for name in bad:
         assert name in r.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1_mask.png", "good1_overlay.png", "good2_mask.png", "good2_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "good1_mask.png",
+        "good1_overlay.png",
+        "good2_mask.png",
+        "good2_overlay.png",
+    ]
 
 
 def test_help_explains_every_option():
@@ -152,3 +183,93 @@ def test_widget_app_headless(predictor, scan, tmp_path):
     assert areas[0.05] > areas[0.95]  # moving the slider changes the binary mask
     app.set_image(b"not an image")
     assert "Cannot analyse" in app.error.value
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A tiny PNG whose header claims ``width`` x ``height`` (what an attacker uploads)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1024)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_oversized_images_are_refused_from_the_header(quick_paths, tmp_path):
+    """A 20000 px decompression bomb and a 12000 x 9000 image: exit 2, one line, no decoding."""
+    for name, (w, h) in {"bomb.png": (20000, 20000), "wide.png": (12000, 9000)}.items():
+        _png_header_only(tmp_path / name, w, h)
+        assert (tmp_path / name).stat().st_size < 5000
+        with pytest.raises(infer.InputError, match="too large"):
+            images.to_grayscale(tmp_path / name)
+        r = cli("--image", tmp_path / name, "--run", quick_paths.root, "--out", tmp_path / "out")
+        assert r.returncode == 2 and name in r.stderr and "too large" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+    with pytest.raises(infer.InputError, match="too large"):
+        images.to_grayscale(b"\0" * (images.MAX_BYTES + 1))
+
+
+def test_onnx_export_matches_the_torch_models(quick_paths, scan, tmp_path):
+    """Same images through the torch graphs and the exported ONNX graphs: probabilities within
+    1e-4, masks equal to the pixel."""
+    torch_p = infer.Predictor(quick_paths.root, backend="torch")
+    onnx_p = infer.Predictor(quick_paths.root, backend="onnx")
+    assert (torch_p.backend_name, onnx_p.backend_name) == ("torch", "onnx")
+    rng = np.random.default_rng(0)
+    inputs = [
+        scan,
+        scan[::-1].copy(),
+        np.asarray(Image.fromarray(scan).resize((300, 200))),
+        rng.integers(0, 255, (128, 160), dtype=np.uint8),
+    ]
+    worst_p, worst_px = 0.0, 0
+    for x in inputs:
+        a, b = torch_p.predict(x), onnx_p.predict(x)
+        worst_p = max(worst_p, max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES))
+        worst_px = max(worst_px, int((a.mask != b.mask).sum()))
+        assert a.ood_distance == pytest.approx(b.ood_distance, rel=1e-3)
+    print(f"largest probability difference {worst_p:.2e}, differing mask pixels {worst_px}")
+    assert worst_p < 1e-4 and worst_px == 0
+
+
+def test_light_path_imports_neither_torch_nor_fastai(quick_paths, scan, tmp_path):
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    code = (
+        "import sys\nfrom busi_utils import infer\n"
+        f"p = infer.Predictor({str(quick_paths.root)!r})\n"
+        f"p.predict({str(tmp_path / 'scan.png')!r})\n"
+        "print(p.backend_name, sorted(m for m in ('torch', 'fastai', 'timm', 'pandas') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["onnx", "[]"], r.stdout
+
+
+def test_missing_or_stale_export_falls_back_to_torch_with_a_notice(quick_paths, scan, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(quick_paths.root, run, ignore=shutil.ignore_patterns("notebooks", "masks", "preds"))
+    paths = runfolder.RunPaths(run)
+    notices = []
+    assert infer.Predictor(run, notice=notices.append).backend_name == "onnx" and not notices
+    recipe = json.loads(paths.export_recipe.read_text())
+    recipe["classifier"]["fingerprint"] = "0" * 64  # as if the classifier had been retrained since
+    paths.export_recipe.write_text(json.dumps(recipe))
+    p = infer.Predictor(run, notice=notices.append)
+    assert p.backend_name == "torch" and len(notices) == 1 and "stale" in notices[0]
+    paths.export_recipe.unlink()
+    assert infer.Predictor(run, notice=notices.append).backend_name == "torch" and "no ONNX export" in notices[-1]
+    with pytest.raises(infer.RunFolderError, match="ONNX"):
+        infer.Predictor(run, backend="onnx")
+    assert p.predict(scan).label in CLASSES
+
+
+def test_out_of_distribution_inputs_are_flagged_but_answered(predictor, scan):
+    """Noise is farther from the training scans than a scan is; a flagged input keeps its outputs."""
+    noise = np.random.default_rng(1).integers(0, 256, (256, 256), dtype=np.uint8)
+    on, off = predictor.predict(scan), predictor.predict(noise)
+    assert off.ood_distance > on.ood_distance
+    assert predictor.ood_threshold is not None and off.to_json()["reliable"] == (not off.out_of_distribution)
+    assert sum(off.probabilities.values()) == pytest.approx(1.0, abs=1e-5) and off.mask.shape == noise.shape

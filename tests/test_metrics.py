@@ -1,10 +1,11 @@
 """Metric functions against values computed by hand."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from busi_utils import metrics
+from busi_utils import metrics, uncertainty
 
 ONE_HOT = {"normal": [1, 0, 0], "benign": [0, 1, 0], "malignant": [0, 0, 1]}
 
@@ -51,11 +52,11 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_classifier():
     probs = np.full((600, 3), 0.005)
     probs[np.arange(600), pred] = 0.99  # 99% sure, 70% right
     labels = classes[y]
-    t = metrics.fit_temperature(labels[:300], probs[:300])
+    t = uncertainty.fit_temperature(labels[:300], probs[:300])
     before = metrics.expected_calibration_error(labels[300:], probs[300:])
-    after = metrics.expected_calibration_error(labels[300:], metrics.apply_temperature(probs[300:], t))
+    after = metrics.expected_calibration_error(labels[300:], uncertainty.apply_temperature(probs[300:], t))
     assert t > 1 and before > 0.2 and after < before / 2
-    assert (metrics.apply_temperature(probs, t).argmax(1) == probs.argmax(1)).all()
+    assert (uncertainty.apply_temperature(probs, t).argmax(1) == probs.argmax(1)).all()
 
 
 def test_referral_curve_rises_when_uncertainty_tracks_errors():
@@ -90,7 +91,9 @@ def test_quick_run_metrics_json_has_every_key(quick_run, quick_paths):
     assert m["profile"] == "quick" and isinstance(m["seed"], int)
     assert m["data"]["kind"] in ("zip", "folder", "kaggle", "synthetic") and len(m["data"]["dataset_hash"]) == 16
     notebooks = m["timing"]["notebooks"]
-    assert {"01_eda", "05_evaluation", "06_interactive_inference", "07_external_validation"} <= set(notebooks)  # the runner adds the last ones
+    assert {"01_eda", "05_evaluation", "06_interactive_inference", "07_external_validation"} <= set(
+        notebooks
+    )  # the runner adds the last ones
     assert m["timing"]["course_seconds"] == pytest.approx(sum(notebooks.values()), abs=0.5)
 
 
@@ -120,4 +123,6 @@ def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
     assert "helps" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
     assert "not shown" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, -0.01, 0.06]}))
     assert "not shown" in metrics.mask_verdict(unsure, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
-    assert "does not help" in metrics.mask_verdict({"macro_f1": {"value": -0.02, "ci95": [-0.06, 0.01]}}, pd.DataFrame({"macro_f1": [-0.01, 0.0]}))
+    assert "does not help" in metrics.mask_verdict(
+        {"macro_f1": {"value": -0.02, "ci95": [-0.06, 0.01]}}, pd.DataFrame({"macro_f1": [-0.01, 0.0]})
+    )

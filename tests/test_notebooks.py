@@ -5,6 +5,7 @@ re-executes each executed copy (its injected parameters included): every cell mu
 and cells marked ``# NBVAL_CHECK_OUTPUT`` must print the same again, which also proves
 that a notebook resumes from the run folder and reproduces its numbers.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,20 @@ def test_notebook_executes_and_passes_nbval(quick_run, name):
         raise errors[name]
     executed = run_dir / "notebooks" / name
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(executed)],
-        capture_output=True, text=True, cwd=executed.parent,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-lax",
+            "--nbval-current-env",
+            str(executed),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=executed.parent,
     )
     assert result.returncode == 0, result.stdout[-4000:]
 
@@ -50,4 +63,6 @@ def test_notebook_reads_like_a_chapter(name):
         assert len(headings) <= 1, f"markdown cell {k} has {len(headings)} heading lines: {headings[:3]}"
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1 and tagged[0].cell_type == "code"
-    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs are build artefacts: keep them out of git"
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "outputs are build artefacts: keep them out of git"
+    )

@@ -1,4 +1,5 @@
 """Leakage-safe masks: proven from the manifest of a real quick-profile run."""
+
 from __future__ import annotations
 
 import shutil
@@ -6,9 +7,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from busi_utils import config, data, oof, preprocess
+from busi_utils import config, data, oof, preprocess, runfolder
 from busi_utils import segmentation as seg
-from busi_utils.splits import LeakageError
+from busi_utils.errors import LeakageError
 
 
 def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
@@ -21,7 +22,9 @@ def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
     train = by[by["split"] == "train"]
     assert (train["model"] == "unet_fold" + train["fold_split"].astype(str) + ".pt").all()
     assert set(by.loc[by["split"] == "test", "model"]) == {"unet_final.pt"}
-    assert set(masks.loc[masks["label"] == "normal", "split"]) <= {"train", "test"} and (masks["label"] == "normal").any()
+    assert (
+        set(masks.loc[masks["label"] == "normal", "split"]) <= {"train", "test"} and (masks["label"] == "normal").any()
+    )
 
 
 def test_a_fold_model_that_saw_its_own_fold_is_caught(quick_paths):
@@ -60,13 +63,15 @@ def test_leak_through_a_duplicate_is_caught(quick_paths):
 
 
 def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_path, monkeypatch):
-    paths = config.RunPaths.for_profile("quick", tmp_path / "run")
+    paths = runfolder.RunPaths.for_profile("quick", tmp_path / "run")
     for name in ("index.csv", "split_manifest.csv", "source.json"):
         shutil.copy(quick_paths.data / name, paths.data / name)
     shutil.copy(quick_paths.models / "unet_final.pt", paths.models / "unet_final.pt")
     split = pd.read_csv(paths.split_csv, keep_default_na=False)
     recipe = config.load_profile("quick")["seg"]
-    store = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(paths.index_csv), recipe["size"], progress=False))
+    store = preprocess.ArrayStore(
+        preprocess.resized_arrays(data.read_index(paths.index_csv), recipe["size"], progress=False)
+    )
     calls = []
     real_train = seg.train_segmenter
     monkeypatch.setattr(seg, "train_segmenter", lambda *a, **k: calls.append(1) or real_train(*a, **k))
@@ -99,7 +104,9 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
 def test_mask_quality_compares_the_same_images_seen_and_unseen(quick_paths):
     split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
     recipe = config.load_profile("quick")["seg"]
-    store = preprocess.ArrayStore(preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False))
+    store = preprocess.ArrayStore(
+        preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False)
+    )
     table = oof.mask_quality(quick_paths, split, store, oof.read_mask_manifest(quick_paths))
     seen = table[table["kind"] == oof.IN_SAMPLE]
     unseen = table[table["kind"] == oof.OUT_OF_FOLD]

@@ -1,5 +1,6 @@
 """Transfer learning: the pinned package's weights are ImageNet's, load by name into timm's
 network, never come from the network, and feed both stages (and the gpu profile's sizes)."""
+
 from __future__ import annotations
 
 import socket
@@ -16,6 +17,7 @@ from busi_utils import segmentation as seg
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a connection fails the test: weights must come from the package."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
@@ -63,7 +65,10 @@ def test_a_tensor_of_the_wrong_shape_fails_loudly(tmp_path):
     import timm
 
     model = timm.create_model(pretrained.ARCH, pretrained=False)
-    with pytest.raises(pretrained.PretrainedWeightsError, match=r"_blocks\.5\._depthwise_conv\.weight -> blocks\.3\.0\.conv_dw\.weight: shape"):
+    with pytest.raises(
+        pretrained.PretrainedWeightsError,
+        match=r"_blocks\.5\._depthwise_conv\.weight -> blocks\.3\.0\.conv_dw\.weight: shape",
+    ):
         pretrained.load_imagenet_weights(model, path=bad)
 
 
@@ -81,7 +86,10 @@ def test_unet_encoder_is_pretrained_and_freezing_trains_only_the_decoder():
     model = seg.build_segmenter("lite0", verbose=False)
     reference = pretrained.create_lite0(1, features_only=True)
     assert torch.equal(model.encoder.conv_stem.weight, reference.conv_stem.weight)
-    assert not torch.equal(seg.build_segmenter("lite0", pretrained=False, verbose=False).encoder.conv_stem.weight, reference.conv_stem.weight)
+    assert not torch.equal(
+        seg.build_segmenter("lite0", pretrained=False, verbose=False).encoder.conv_stem.weight,
+        reference.conv_stem.weight,
+    )
     encoder, new = seg.encoder_decoder_split(model)
     assert len(encoder) + len(new) == len(list(model.parameters()))
     assert {id(p) for p in new} >= {id(p) for p in model.head.parameters()}

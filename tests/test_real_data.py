@@ -1,4 +1,5 @@
 """Facts of the real BUSI (skipped, with the reason, when BUSI_ROOT is not set)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Stage 1: losses, metrics, the DataBlock's alignment, training items, export."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 
 from busi_utils import dedup, metrics, preprocess, splits
 from busi_utils import segmentation as seg
+from busi_utils.errors import LeakageError
 
 
 def logits_from(mask: np.ndarray) -> torch.Tensor:
@@ -20,7 +22,10 @@ OTHER = EMPTY.copy()
 OTHER[6:8, 6:8] = True
 
 
-@pytest.mark.parametrize("pred,truth,expected", [(EMPTY, EMPTY, 1.0), (BOX, BOX, 1.0), (BOX, OTHER, 0.0), (BOX, EMPTY, 0.0), (EMPTY, BOX, 0.0)])
+@pytest.mark.parametrize(
+    "pred,truth,expected",
+    [(EMPTY, EMPTY, 1.0), (BOX, BOX, 1.0), (BOX, OTHER, 0.0), (BOX, EMPTY, 0.0), (EMPTY, BOX, 0.0)],
+)
 def test_dice_and_iou_on_hand_made_masks(pred, truth, expected):
     d, i = metrics.dice_iou(pred, truth)
     assert d == expected and i == expected
@@ -61,7 +66,7 @@ def test_training_items_hold_no_test_and_no_normal_image(synthetic_split):
     assert (m["split"] == "train").all() and (m["label"] != "normal").all() and (m["fold"] != 0).all()
     seg.check_training_items(synthetic_split, ids)
     test_id = synthetic_split.query("split == 'test'")["image_id"].iloc[0]
-    with pytest.raises(AssertionError, match=test_id.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(LeakageError, match=test_id.replace("(", r"\(").replace(")", r"\)")):
         seg.check_training_items(synthetic_split, ids + [test_id])
 
 
@@ -112,12 +117,17 @@ def test_resnet_unet_trains_from_scratch_without_download(monkeypatch):
 def test_export_round_trip_and_resume(synthetic_split, store64, tmp_path):
     ids = seg.lesion_train_ids(synthetic_split, exclude_fold=0)
     recipe = {"arch": "light", "base": 4, "size": 64, "epochs": 1, "batch_size": 8, "lr": 1e-3, "loss": "dice_bce"}
-    model, history, info, trained = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
-    assert trained and info["train_ids"] == sorted(ids) and len(history) == 1
-    again, _, info2, trained2 = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
-    assert not trained2 and info2["train_ids_hash"] == info["train_ids_hash"]
+    first = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
+    assert first.trained and first.info["train_ids"] == sorted(ids) and len(first.history) == 1
+    again = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
+    assert not again.trained and again.info["train_ids_hash"] == first.info["train_ids_hash"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.history.csv", "m.pt"]
     imgs = np.stack([store64.image(i) for i in ids[:4]])
-    assert np.allclose(seg.predict_probs(model, imgs, info["stats"]), seg.predict_probs(again, imgs, info2["stats"]), atol=1e-6)
+    assert np.allclose(
+        seg.predict_probs(first.model, imgs, first.info["stats"]),
+        seg.predict_probs(again.model, imgs, again.info["stats"]),
+        atol=1e-6,
+    )
 
 
 def test_flip_tta_is_mirror_equivariant_and_follows_the_recipe(synthetic_split, store64):
@@ -142,5 +152,14 @@ def test_model_fingerprint_changes_with_recipe_seed_and_training_list():
     recipe = {"arch": "light", "epochs": 12}
     base = seg.model_fingerprint(recipe, 1, "abc")
     assert base == seg.model_fingerprint(dict(recipe), 1, "abc")
-    assert len({base, seg.model_fingerprint({**recipe, "epochs": 16}, 1, "abc"), seg.model_fingerprint(recipe, 2, "abc"),
-                seg.model_fingerprint(recipe, 1, "abd")}) == 4
+    assert (
+        len(
+            {
+                base,
+                seg.model_fingerprint({**recipe, "epochs": 16}, 1, "abc"),
+                seg.model_fingerprint(recipe, 2, "abc"),
+                seg.model_fingerprint(recipe, 1, "abd"),
+            }
+        )
+        == 4
+    )

@@ -1,0 +1,211 @@
+"""Finalise a run for inference: calibrate on validation, fit the out-of-distribution check,
+and export both stages to ONNX (notebook 04's last section).
+
+The exported graphs are the whole prediction of each stage, not just the networks:
+
+* ``unet.onnx``: a (1, 1, S, S) scan in [0, 1] -> lesion probabilities, normalisation and the
+  mirror view (flip TTA) inside;
+* ``classifier.onnx``: a (1, 2, S, S) input (scan, predicted mask) in [0, 1] -> the mean class
+  probabilities over the TTA views (identity, mirror, seeded zoom-and-shift crops) and the
+  pooled features of the identity view (for the out-of-distribution distance).
+
+:class:`SegmenterGraph` and :class:`ClassifierGraph` are those computations as torch modules:
+the torch inference path runs them directly, the export traces them, and the parity test
+compares the two. ``recipe.json`` beside them holds everything else a predictor needs.
+Everything here reads validation and training data only: the test split stays untouched.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import uncertainty
+from .config import CLASSES
+from .explain import affine_grid, sample_view, tta_thetas
+from .files import atomic_path, atomic_write_json, file_sha256, read_json
+from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, validate
+
+ENTROPY_QUANTILE = 0.8  # refer the 20 % most uncertain validation cases' worth of entropy
+OOD_QUANTILE = 0.99  # flag inputs farther from the training scans than 99 % of validation scans
+OPSET = 17
+
+
+class SegmenterGraph(nn.Module):
+    """The U-Net's prediction as :func:`busi_utils.segmentation.predict_probs` makes it."""
+
+    def __init__(self, unet: nn.Module, stats, flip: bool):
+        super().__init__()
+        self.unet, self.flip = unet.eval(), bool(flip)
+        self.mean, self.std = float(stats[0]), float(stats[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        p = torch.sigmoid(self.unet(z))
+        if self.flip:
+            p = (p + torch.sigmoid(self.unet(z.flip(-1))).flip(-1)) / 2
+        return p
+
+
+class ClassifierGraph(nn.Module):
+    """:func:`busi_utils.explain.tta_predict` plus the pooled features of the first view."""
+
+    def __init__(self, classifier: nn.Module, stats, n_views: int, size: int, seed: int = 0):
+        super().__init__()
+        self.body, self.head = classifier[0].eval(), classifier[1].eval()
+        self.register_buffer("mean", torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1))
+        self.n_views, self.size, self.stats = int(n_views), int(size), stats
+        shape = (1, len(stats[0]), size, size)
+        self.grids = [affine_grid(*theta, shape) for theta in tta_thetas(n_views, seed)]  # constants in the export
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.body((x - self.mean) / self.std)
+        probs = torch.softmax(self.head(feats), dim=1)
+        views = ([x.flip(-1)] if self.n_views > 1 else []) + [sample_view(x, g) for g in self.grids]
+        for v in views:
+            probs = probs + torch.softmax(self.head(self.body((v - self.mean) / self.std)), dim=1)
+        return probs / (1 + len(views)), feats.mean(dim=(2, 3))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the identity view only (what the density is fitted on)."""
+        return self.body((x - self.mean) / self.std).mean(dim=(2, 3))
+
+
+def load_graphs(paths: RunPaths, finalised: dict | None = None) -> tuple[SegmenterGraph, ClassifierGraph, dict]:
+    """The run's final U-Net and method classifier as inference graphs, and the summary."""
+    from . import classification as cls
+    from . import segmentation as seg
+
+    summary = read_json(paths.classifier_summary) or {}
+    unet, unet_info = seg.load_segmenter(paths.unet_final)
+    model, info = cls.load_classifier(paths.models / summary["method_model"])
+    n_views = int((finalised or summary.get("finalised", {})).get("tta_views", 2))
+    seg_graph = SegmenterGraph(unet, unet_info["stats"], bool(unet_info["recipe"].get("tta_flip", False)))
+    seg_graph.size = int(unet_info["recipe"]["size"])
+    cls_graph = ClassifierGraph(model, info["stats"], n_views, int(info["recipe"]["size"]))
+    return seg_graph, cls_graph, summary
+
+
+@torch.no_grad()
+def classify_batch(graph: ClassifierGraph, x: np.ndarray, bs: int = 32, features_only: bool = False):
+    """Mean TTA probabilities (N, 3) and pooled features (N, D) of inputs (N, C, S, S) in [0, 1]
+    (only the features when ``features_only``)."""
+    out = []
+    for k in range(0, len(x), bs):
+        xb = torch.from_numpy(np.ascontiguousarray(x[k : k + bs]))
+        out.append(graph.features(xb).numpy() if features_only else [t.numpy() for t in graph(xb)])
+    if features_only:
+        return np.concatenate(out)
+    return np.concatenate([p for p, _ in out]), np.concatenate([f for _, f in out])
+
+
+def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
+    """Temperature, entropy cutoff and the out-of-distribution density, from the method's
+    training and validation inputs only; saved into ``classifier_summary.json`` under
+    ``finalised`` and to ``exports/ood.npz``. Returns the ``finalised`` entry."""
+    from .metrics import classification_metrics
+
+    _, graph, summary = load_graphs(paths, {"tta_views": tta_views})
+    x_valid, y_valid = vd.arrays("image+pred_mask", "valid")
+    x_train, _ = vd.arrays("image+pred_mask", "train")
+    p_valid, f_valid = classify_batch(graph, x_valid)
+    f_train = classify_batch(graph, x_train, features_only=True)
+    temperature = uncertainty.fit_temperature(y_valid, p_valid)
+    calibrated = uncertainty.apply_temperature(p_valid, temperature)
+    density = uncertainty.fit_feature_density(f_train)
+    d_valid = uncertainty.ood_distance(f_valid, density)
+    finalised = {
+        "tta_views": int(tta_views),
+        "temperature": temperature,
+        "entropy_cutoff": float(np.quantile(uncertainty.entropy(calibrated), ENTROPY_QUANTILE)),
+        "entropy_quantile": ENTROPY_QUANTILE,
+        "ood_threshold": float(np.quantile(d_valid, OOD_QUANTILE)),
+        "ood_quantile": OOD_QUANTILE,
+        "valid_accuracy_tta": classification_metrics(y_valid, calibrated)["accuracy"],
+        "n_train": len(x_train),
+        "n_valid": len(x_valid),
+    }
+    with atomic_path(paths.ood_npz) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **density)
+    summary["finalised"] = finalised
+    atomic_write_json(paths.classifier_summary, summary)
+    return finalised
+
+
+def export_onnx(paths: RunPaths) -> dict:
+    """Write ``unet.onnx``, ``classifier.onnx`` and ``recipe.json`` (last, atomically: its
+    presence means a complete export). Needs :func:`calibrate` first. Returns the recipe."""
+    seg_graph, cls_graph, summary = load_graphs(paths)
+    fin = summary["finalised"]
+    start = time.perf_counter()
+    _export(seg_graph, torch.zeros(1, 1, seg_graph.size, seg_graph.size), paths.unet_onnx, ["mask_prob"])
+    _export(
+        cls_graph,
+        torch.zeros(1, 2, cls_graph.size, cls_graph.size),
+        paths.classifier_onnx,
+        ["probabilities", "features"],
+    )
+    method = paths.models / summary["method_model"]
+    recipe = validate(
+        {
+            "classes": list(CLASSES),
+            "segmenter": {
+                "file": paths.unet_onnx.name,
+                "size": seg_graph.size,
+                "mean": seg_graph.mean,
+                "std": seg_graph.std,
+                "flip_tta": seg_graph.flip,
+                "threshold": 0.5,
+                "fingerprint": file_sha256(paths.unet_final),
+                "source": paths.unet_final.name,
+            },
+            "classifier": {
+                "file": paths.classifier_onnx.name,
+                "size": cls_graph.size,
+                "mean": list(cls_graph.stats[0]),
+                "std": list(cls_graph.stats[1]),
+                "tta_views": cls_graph.n_views,
+                "fingerprint": file_sha256(method),
+                "source": method.name,
+                "inputs": ["image", "pred_mask"],
+            },
+            "temperature": fin["temperature"],
+            "entropy_cutoff": fin["entropy_cutoff"],
+            "ood": {"file": paths.ood_npz.name, "threshold": fin["ood_threshold"], "quantile": fin["ood_quantile"]},
+            "mask_storage": "uint8",  # the predicted mask is rounded to 8 bits before the classifier, as in training
+            "opset": OPSET,
+            "export_seconds": round(time.perf_counter() - start, 1),
+        },
+        EXPORT_RECIPE_SCHEMA,
+        str(paths.export_recipe),
+    )
+    atomic_write_json(paths.export_recipe, recipe)
+    return recipe
+
+
+def _export(graph: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> None:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            graph.eval(),
+            (example,),
+            str(tmp),
+            input_names=["input"],
+            output_names=outputs,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def finalise_run(paths: RunPaths, vd, tta_views: int) -> dict:
+    """Calibrate and export in one call (notebook 04). Returns the export recipe."""
+    calibrate(paths, vd, tta_views)
+    return export_onnx(paths)

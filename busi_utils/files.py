@@ -1,0 +1,92 @@
+"""Writing files so that an interrupted run never leaves half of one.
+
+Every file the course writes goes through :func:`atomic_path`: write to a hidden temporary
+name in the same folder, then ``os.replace`` it onto the real name (atomic on one file
+system). A later run either finds the whole file or none, so resuming can trust what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it
+    is removed. Works for files and for folders (a folder replaces only a missing one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: how an export knows which model files it was made from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, info: dict) -> None:
+    """Weights plus the recipe that rebuilds and audits the model, written atomically:
+    a portable export (no pickled code), so loading needs only this package."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state_dict, "info": info}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint`."""
+    import torch
+
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["info"]
+
+
+def cached_csv(path: str | os.PathLike, make):
+    """Return the DataFrame saved at ``path``, or make it, save it atomically and return it:
+    the resume-don't-recompute rule for every table a notebook derives."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    df = make()
+    atomic_write_text(path, df.to_csv(index=False))
+    return df

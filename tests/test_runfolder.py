@@ -1,0 +1,76 @@
+"""The run folder's contract: one module names its files, and its JSON files keep their schema."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from busi_utils import config, files, report, runfolder
+from busi_utils.errors import SchemaError
+
+ROOT = config.repo_root()
+RUN_FILE = re.compile(
+    r"(unet_final|unet_fold|classifier_summary|split_manifest|duplicate_groups|index\.csv|source\.json|manifest\.csv|"
+    r"metrics\.json|timing\.json|recipe\.json|ood\.npz|\.onnx|test_uncertainty|external_report)"
+)
+
+
+def _string_constants(source: str):
+    """String literals of Python code, docstrings excepted (prose may name a file)."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }  # fmt: skip
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.value
+
+
+def test_no_run_folder_file_name_outside_runfolder():
+    offenders = []
+    for path in sorted((ROOT / "busi_utils").glob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
+        if path.name == "runfolder.py":
+            continue
+        offenders += [f"{path.name}: {s!r}" for s in _string_constants(path.read_text()) if RUN_FILE.search(s)]
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "app").glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                code = "\n".join(line for line in cell.source.splitlines() if not line.startswith(("%", "!")))
+                offenders += [f"{nb_path.name}: {s!r}" for s in _string_constants(code) if RUN_FILE.search(s)]
+    assert not offenders, offenders
+
+
+def test_metrics_json_of_the_quick_run_matches_its_schema(quick_paths):
+    metrics = files.read_json(quick_paths.metrics_json)
+    runfolder.validate(metrics, runfolder.METRICS_SCHEMA, "metrics.json")
+    runfolder.validate(files.read_json(quick_paths.export_recipe), runfolder.EXPORT_RECIPE_SCHEMA, "recipe.json")
+    report.read_classifier_summary(quick_paths)
+    broken = dict(metrics, segmentation={k: v for k, v in metrics["segmentation"].items() if k != "dice_mean"})
+    with pytest.raises(SchemaError, match="segmentation.*dice_mean"):
+        runfolder.validate(broken, runfolder.METRICS_SCHEMA, "metrics.json")
+
+
+def test_write_metrics_refuses_a_bad_file_and_keeps_the_old_one(tmp_path):
+    paths = runfolder.RunPaths.for_profile("quick", tmp_path / "run")
+    files.atomic_write_json(paths.metrics_json, {"kept": True})
+    with pytest.raises(SchemaError, match="metrics.json"):
+        report.write_metrics(paths, {"profile": "quick"})
+    assert files.read_json(paths.metrics_json) == {"kept": True}
+    assert [p.name for p in paths.root.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(target) as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
