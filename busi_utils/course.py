@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import PROFILES, repo_root
 from .files import atomic_write_json, read_json
+from .report import timing_block
 from .runfolder import RunPaths
 
 
@@ -64,7 +65,7 @@ def run_course(
         atomic_write_json(paths.timing_json, timing)
     metrics = read_json(paths.metrics_json)
     if metrics is not None:  # the results file carries the time of the whole course
-        metrics["timing"] = {"notebooks": timing, "course_seconds": round(sum(timing.values()), 1)}
+        metrics["timing"] = timing_block(paths)
         atomic_write_json(paths.metrics_json, metrics)
     return timing
 

@@ -21,10 +21,9 @@ from . import DISCLAIMER
 from .config import CLASSES
 from .errors import RunFolderError
 from .files import atomic_write_json, read_json
+from .report import KEYS, P, calibration_block, scores_with_ci
 from .runfolder import RunPaths
 
-KEYS = ["accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"]
-P = [f"p_{c}" for c in CLASSES]
 ADAPTATIONS = ("none", "histmatch")
 
 
@@ -54,7 +53,7 @@ def busi_reference_cdf(paths: RunPaths, size: int) -> np.ndarray:
     from . import data, preprocess
 
     index = data.read_index(paths.index_csv)
-    split = pd.read_csv(paths.split_csv, keep_default_na=False)
+    split = paths.read_split()
     store = preprocess.ArrayStore(preprocess.resized_arrays(index, size, progress=False))
     train = split.loc[split["split"] == "train", "image_id"]
     return _intensity_cdf(np.stack([store.image(i) for i in train]))
@@ -92,8 +91,9 @@ def predict_external(
     """Per image: Dice/IoU (images with a mask), and every variant's class probabilities.
     Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
     from . import classification as cls
-    from . import explain, images, preprocess, uncertainty
+    from . import images, preprocess
     from . import segmentation as seg
+    from .export import ClassifierGraph, classify_batch
     from .external import load_external_pair
 
     if adapt not in ADAPTATIONS:
@@ -125,11 +125,11 @@ def predict_external(
             p[~index["has_mask"].to_numpy()] = np.nan  # no ground truth, no ceiling
         for k, c in enumerate(CLASSES):
             table[f"{v}:p_{c}"] = p[:, k]
-        if v == "image+pred_mask":
-            tta = int(models.finalised.get("tta_views", 2))
-            tta_probs, _ = explain.tta_predict(model, x, info["stats"], n=tta)
-            calibrated = uncertainty.apply_temperature(tta_probs, float(models.finalised.get("temperature", 1.0)))
-            table["method_tta_entropy"] = uncertainty.entropy(calibrated)  # as the Predictor's referral rule sees it
+        if v == "image+pred_mask":  # the Predictor's view of the method: TTA views, then the temperature
+            graph = ClassifierGraph(model, info["stats"], int(models.finalised.get("tta_views", 2)), models.cls_size)
+            tta_probs, _ = classify_batch(graph, x)
+            for k, c in enumerate(CLASSES):
+                table[f"method_tta:p_{c}"] = tta_probs[:, k]
     return table, probs
 
 
@@ -143,7 +143,7 @@ def variant_probs(table: pd.DataFrame, variant: str) -> tuple[pd.DataFrame, np.n
 def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: int = 0) -> dict:
     """The report: counts, Dice with a patient-bootstrap interval, and per variant the headline
     metrics with patient-bootstrap intervals; calibration of the method under shift."""
-    from . import metrics, uncertainty
+    from . import metrics
 
     lesion = table[table["dice"].notna()].reset_index(drop=True)
     d = lesion["dice"].to_numpy()
@@ -162,20 +162,21 @@ def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: 
     }
     for v in models.classifiers:
         rows, p = variant_probs(table, v)
-        m = metrics.classification_with_ci(rows["label"], p, KEYS, n_boot=n_boot, seed=seed, groups=rows["patient"])
-        report["variants"][v] = {
-            "n": int(len(rows)),
-            **{k: m[k]["value"] for k in KEYS},
-            **{f"{k}_ci95": m[k]["ci95"] for k in KEYS},
-        }
-    rows, p = variant_probs(table, "image+pred_mask")
-    t = float(models.finalised.get("temperature", 1.0))
-    report["calibration"] = {
-        "temperature_from_busi": t,
-        "ece_before": metrics.expected_calibration_error(rows["label"], p),
-        "ece_after": metrics.expected_calibration_error(rows["label"], uncertainty.apply_temperature(p, t)),
-    }
+        report["variants"][v] = {"n": int(len(rows)), **scores_with_ci(rows["label"], p, n_boot, seed, rows["patient"])}
+    raw = table[[f"method_tta:{c}" for c in P]].to_numpy()
+    cal = calibration_block(table["label"], raw, float(models.finalised.get("temperature", 1.0)))
+    report["calibration"] = {"temperature_from_busi": cal.pop("temperature"), **cal}
     return report
+
+
+def method_tta(table: pd.DataFrame, models: RunModels) -> tuple[np.ndarray, np.ndarray]:
+    """The method as the Predictor sees it: TTA probabilities with BUSI's temperature, and their
+    entropy (what the referral rule compares with BUSI's cutoff)."""
+    from .uncertainty import apply_temperature, entropy
+
+    raw = table[[f"method_tta:{c}" for c in P]].to_numpy()
+    calibrated = apply_temperature(raw, float(models.finalised.get("temperature", 1.0)))
+    return calibrated, entropy(calibrated)
 
 
 def compare_with_busi(

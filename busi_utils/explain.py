@@ -1,4 +1,5 @@
-"""Explainability and uncertainty: Grad-CAM and test-time-augmentation entropy.
+"""Explainability: Grad-CAM. (Test-time augmentation lives with the inference graphs in
+:mod:`busi_utils.export`; entropy and calibration in :mod:`busi_utils.uncertainty`.)
 
 Grad-CAM (Selvaraju et al. 2017) weights the last convolutional feature maps by the
 gradient of the class score: where the network *looked* for that class. It is a coarse
@@ -11,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .uncertainty import entropy
 
 
 def _last_conv_stage(model: nn.Module) -> nn.Module:
@@ -46,47 +45,3 @@ def grad_cam(model: nn.Module, x: np.ndarray, stats, target: int | None = None) 
         h1.remove()
         h2.remove()
     return (cam / cam.max() if cam.max() > 0 else cam), target
-
-
-def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
-    """``(scale, dx, dy)`` of the random zoom-and-shift views beyond the first two (identity
-    and mirror): drawn once from ``seed``, so the exported model bakes in the very same views."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(max(0, n - 2)):
-        scale = rng.uniform(0.9, 1.0)
-        dx, dy = rng.uniform(-0.05, 0.05, 2)
-        out.append((float(scale), float(dx), float(dy)))
-    return out
-
-
-def affine_grid(scale: float, dx: float, dy: float, shape) -> torch.Tensor:
-    """Sampling grid (N, S, S, 2) of a zoom by ``scale`` and a shift by (dx, dy) (fractions of
-    the half-width): computed once, so an exported graph can hold it as a constant."""
-    theta = torch.tensor([[scale, 0, dx], [0, scale, dy]], dtype=torch.float32).expand(shape[0], 2, 3)
-    return F.affine_grid(theta, list(shape), align_corners=False)
-
-
-def sample_view(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The view of a batch (N, C, S, S) at ``grid``, all channels alike."""
-    return F.grid_sample(
-        t, grid.expand(len(t), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
-    )
-
-
-def tta_views(x: np.ndarray, n: int, seed: int = 0) -> list[np.ndarray]:
-    """``n`` views of a batch (N, C, S, S): identity, left-right flip, then small random
-    zoom-and-shift crops (:func:`tta_thetas`), applied to all channels alike."""
-    views = [x, x[..., ::-1].copy()][:n]
-    t = torch.from_numpy(x)
-    views += [sample_view(t, affine_grid(*theta, t.shape)).numpy() for theta in tta_thetas(n, seed)]
-    return views
-
-
-def tta_predict(model: nn.Module, x: np.ndarray, stats, n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean class probabilities over ``n`` augmented views, and their predictive entropy
-    (uncalibrated; :mod:`busi_utils.uncertainty` applies the temperature)."""
-    from .classification import predict_proba
-
-    probs = np.mean([predict_proba(model, v, stats) for v in tta_views(x, n, seed)], axis=0)
-    return probs, entropy(probs)

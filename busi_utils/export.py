@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import uncertainty
 from .config import CLASSES
-from .explain import affine_grid, sample_view, tta_thetas
 from .files import atomic_path, atomic_write_json, file_sha256, read_json
 from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, validate
 
@@ -36,12 +36,39 @@ OOD_QUANTILE = 0.99  # flag inputs farther from the training scans than 99 % of 
 OPSET = 17
 
 
+def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
+    """``(scale, dx, dy)`` of the random zoom-and-shift views beyond the first two (identity
+    and mirror): drawn once from ``seed``, so every prediction uses the very same views."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(max(0, n - 2)):
+        scale = rng.uniform(0.9, 1.0)
+        dx, dy = rng.uniform(-0.05, 0.05, 2)
+        out.append((float(scale), float(dx), float(dy)))
+    return out
+
+
+def affine_grid(scale: float, dx: float, dy: float, shape) -> torch.Tensor:
+    """Sampling grid (N, S, S, 2) of a zoom by ``scale`` and a shift by (dx, dy) (fractions of
+    the half-width): computed once, so the exported graph holds it as a constant (ONNX opset 17
+    has no affine_grid)."""
+    theta = torch.tensor([[scale, 0, dx], [0, scale, dy]], dtype=torch.float32).expand(shape[0], 2, 3)
+    return F.affine_grid(theta, list(shape), align_corners=False)
+
+
+def sample_view(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The view of a batch (N, C, S, S) at ``grid``, all channels alike."""
+    return F.grid_sample(
+        t, grid.expand(len(t), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
 class SegmenterGraph(nn.Module):
     """The U-Net's prediction as :func:`busi_utils.segmentation.predict_probs` makes it."""
 
-    def __init__(self, unet: nn.Module, stats, flip: bool):
+    def __init__(self, unet: nn.Module, stats, flip: bool, size: int):
         super().__init__()
-        self.unet, self.flip = unet.eval(), bool(flip)
+        self.unet, self.flip, self.size = unet.eval(), bool(flip), int(size)
         self.mean, self.std = float(stats[0]), float(stats[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +80,10 @@ class SegmenterGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """:func:`busi_utils.explain.tta_predict` plus the pooled features of the first view."""
+    """A classifier's test-time-augmented prediction: mean softmax over ``n_views`` views
+    (identity, mirror, then seeded zoom-and-shift crops, all channels alike), plus the pooled
+    features of the first view. The Predictor, notebook 05, the external evaluation and the
+    ONNX export all run this one module."""
 
     def __init__(self, classifier: nn.Module, stats, n_views: int, size: int, seed: int = 0):
         super().__init__()
@@ -77,17 +107,18 @@ class ClassifierGraph(nn.Module):
         return self.body((x - self.mean) / self.std).mean(dim=(2, 3))
 
 
-def load_graphs(paths: RunPaths, finalised: dict | None = None) -> tuple[SegmenterGraph, ClassifierGraph, dict]:
-    """The run's final U-Net and method classifier as inference graphs, and the summary."""
+def load_graphs(paths: RunPaths, tta_views: int | None = None) -> tuple[SegmenterGraph, ClassifierGraph, dict]:
+    """The run's final U-Net and method classifier as inference graphs, and the summary
+    (``tta_views`` defaults to the number fixed when the run was finalised)."""
     from . import classification as cls
     from . import segmentation as seg
 
     summary = read_json(paths.classifier_summary) or {}
     unet, unet_info = seg.load_segmenter(paths.unet_final)
     model, info = cls.load_classifier(paths.models / summary["method_model"])
-    n_views = int((finalised or summary.get("finalised", {})).get("tta_views", 2))
-    seg_graph = SegmenterGraph(unet, unet_info["stats"], bool(unet_info["recipe"].get("tta_flip", False)))
-    seg_graph.size = int(unet_info["recipe"]["size"])
+    n_views = int(tta_views or summary.get("finalised", {}).get("tta_views", 2))
+    flip = bool(unet_info["recipe"].get("tta_flip", False))
+    seg_graph = SegmenterGraph(unet, unet_info["stats"], flip, int(unet_info["recipe"]["size"]))
     cls_graph = ClassifierGraph(model, info["stats"], n_views, int(info["recipe"]["size"]))
     return seg_graph, cls_graph, summary
 
@@ -111,7 +142,7 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
     ``finalised`` and to ``exports/ood.npz``. Returns the ``finalised`` entry."""
     from .metrics import classification_metrics
 
-    _, graph, summary = load_graphs(paths, {"tta_views": tta_views})
+    _, graph, summary = load_graphs(paths, tta_views)
     x_valid, y_valid = vd.arrays("image+pred_mask", "valid")
     x_train, _ = vd.arrays("image+pred_mask", "train")
     p_valid, f_valid = classify_batch(graph, x_valid)
@@ -130,6 +161,7 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
         "valid_accuracy_tta": classification_metrics(y_valid, calibrated)["accuracy"],
         "n_train": len(x_train),
         "n_valid": len(x_valid),
+        "classifier_sha256": file_sha256(paths.models / summary["method_model"]),  # what these numbers belong to
     }
     with atomic_path(paths.ood_npz) as tmp:
         with open(tmp, "wb") as fh:
@@ -205,7 +237,17 @@ def _export(graph: nn.Module, example: torch.Tensor, path: Path, outputs: list[s
         )
 
 
-def finalise_run(paths: RunPaths, vd, tta_views: int) -> dict:
-    """Calibrate and export in one call (notebook 04). Returns the export recipe."""
-    calibrate(paths, vd, tta_views)
-    return export_onnx(paths)
+def finalise_run(paths: RunPaths, vd, tta_views: int) -> tuple[dict, dict, bool]:
+    """Calibrate and export (notebook 04), or resume: nothing is redone when the calibration and
+    the export were made from the current model files with the same TTA views. Returns
+    ``(finalised, recipe, done_now)``."""
+    from .infer import export_status
+
+    summary = read_json(paths.classifier_summary) or {}
+    finalised = summary.get("finalised", {})
+    recipe, _ = export_status(paths)
+    method_sha = file_sha256(paths.models / summary["method_model"])
+    if recipe and finalised.get("tta_views") == tta_views and finalised.get("classifier_sha256") == method_sha:
+        return finalised, recipe, False
+    finalised = calibrate(paths, vd, tta_views)
+    return finalised, export_onnx(paths), True

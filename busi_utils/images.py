@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from .errors import InputError
 
 MIN_SIDE = 64  # smaller cannot hold a lesion at the U-Net's resolution
 MAX_SIDE = 5000  # larger is not an ultrasound frame; refused before decoding (memory)
-MAX_BYTES = 50 * 1024 * 1024  # an upload or file above this is refused unread
+MAX_BYTES = 20 * 1024 * 1024  # a file or upload above this is refused unread (the web page caps uploads too)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -69,15 +70,21 @@ def check_size(width: int, height: int, name: str) -> None:
         )
 
 
+def _check_bytes(n_bytes: int, name: str) -> None:
+    if n_bytes > MAX_BYTES:
+        raise InputError(f"{name}: file too large ({n_bytes / 2**20:.0f} MB; at most {MAX_BYTES // 2**20} MB)")
+
+
 def open_image(data: bytes, name: str) -> Image.Image:
     """Decode image bytes, reading the size from the header first: a 100 KB PNG that claims
     20000 x 20000 px is refused before it can take gigabytes of memory."""
     if not data:
         raise InputError(f"{name}: empty file")
-    if len(data) > MAX_BYTES:
-        raise InputError(f"{name}: file too large ({len(data) / 2**20:.0f} MB; at most {MAX_BYTES // 2**20} MB)")
+    _check_bytes(len(data), name)
     try:
-        image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        with warnings.catch_warnings():  # between 89 M and 179 M pixels Pillow only warns; check_size refuses it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image (unrecognised format)") from None
     except Image.DecompressionBombError:
@@ -105,10 +112,7 @@ def to_grayscale(image) -> np.ndarray:
         path = Path(image)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(
-                f"{path}: file too large ({path.stat().st_size / 2**20:.0f} MB; at most {MAX_BYTES // 2**20} MB)"
-            )
+        _check_bytes(path.stat().st_size, str(path))  # before reading it into memory
         image = open_image(path.read_bytes(), str(path))
     elif isinstance(image, (bytes, bytearray, memoryview)):
         image = open_image(bytes(image), name)

@@ -165,9 +165,10 @@ class Predictor:
         if not paths.root.is_dir():
             raise RunFolderError(f"{paths.root}: run folder not found (run `make course` first, or pass --run)")
         summary = read_json(paths.classifier_summary)
-        for needed in (paths.unet_final, paths.classifier_summary):
-            if not needed.exists() and not paths.export_recipe.exists():
-                raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
+        if not paths.export_recipe.exists():  # without an export, the model files must be there
+            for needed in (paths.unet_final, paths.classifier_summary):
+                if not needed.exists():
+                    raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
         self.paths = paths
         recipe, why = export_status(paths) if backend != "torch" else (None, "torch backend requested")
         if backend == "onnx" and recipe is None:

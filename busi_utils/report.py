@@ -32,7 +32,7 @@ def write_classifier_summary(
     ablation: pd.DataFrame,
 ) -> dict:
     """Notebook 04's choices: the imbalance remedy, the method's model file, the validation ablation."""
-    previous = read_json(paths.classifier_summary) or {}
+    previous = read_json(paths.classifier_summary) or {}  # keeps "finalised": its classifier_sha256 says whose it is
     summary = {
         "balance": balance,
         "balance_comparison": dict(balance_comparison),
@@ -40,8 +40,8 @@ def write_classifier_summary(
         "method_model": method_model,
         "validation": ablation.reset_index().to_dict("records"),
     }
-    if previous.get("method_model") == method_model and "finalised" in previous:
-        summary["finalised"] = previous["finalised"]  # calibration of the same model file stays valid
+    if "finalised" in previous:
+        summary["finalised"] = previous["finalised"]
     atomic_write_json(
         paths.classifier_summary, validate(summary, CLASSIFIER_SUMMARY_SCHEMA, str(paths.classifier_summary))
     )
@@ -66,25 +66,27 @@ def segmentation_block(lesion: pd.DataFrame, normal_fp_area: np.ndarray, n_boot:
     }
 
 
+def scores_with_ci(labels: Sequence[str], probs: np.ndarray, n_boot: int, seed: int, groups=None) -> dict:
+    """The headline metrics and their bootstrap 95% intervals, flat (``{k: value, k_ci95: [lo, hi]}``);
+    ``groups`` resamples patients instead of images. BUSI test (05) and external sets (07) alike."""
+    m = metrics.classification_with_ci(labels, probs, KEYS, n_boot=n_boot, seed=seed, groups=groups)
+    return {**{k: m[k]["value"] for k in KEYS}, **{f"{k}_ci95": m[k]["ci95"] for k in KEYS}}
+
+
 def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
     """Per variant: headline metrics with bootstrap intervals and per-class scores; and the
     table a reader sees ("value (low-high)")."""
     block, rows = {}, []
     for v, df in test_probs.items():
-        m = metrics.classification_with_ci(df["label"], df[P].to_numpy(), KEYS, n_boot=n_boot, seed=seed)
+        scores = scores_with_ci(df["label"], df[P].to_numpy(), n_boot, seed)
         full = metrics.classification_metrics(df["label"], df[P].to_numpy())
-        per_class = {
-            k: full[k]
-            for k in full
-            if k.split("_")[0] in CLASSES and k not in ("malignant_recall", "malignant_specificity")
-        }
-        block[v] = {
-            **{k: m[k]["value"] for k in KEYS},
-            **{f"{k}_ci95": m[k]["ci95"] for k in KEYS},
-            "per_class": per_class,
-        }
+        per_class = {k: full[k] for k in full if k.split("_")[0] in CLASSES and k not in KEYS}
+        block[v] = {**scores, "per_class": per_class}
         rows.append(
-            {"variant": v, **{k: f"{m[k]['value']:.3f} ({m[k]['ci95'][0]:.2f}-{m[k]['ci95'][1]:.2f})" for k in KEYS}}
+            {
+                "variant": v,
+                **{k: f"{scores[k]:.3f} ({scores[k + '_ci95'][0]:.2f}-{scores[k + '_ci95'][1]:.2f})" for k in KEYS},
+            }
         )
     return block, pd.DataFrame(rows).set_index("variant")
 

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import repo_root
+from .images import MAX_BYTES
 
 APP_NOTEBOOK = repo_root() / "app" / "busi_app.ipynb"
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the server refuses larger websocket messages (uploads) outright
+MAX_MESSAGE_BYTES = MAX_BYTES + 2**20  # the server drops larger websocket messages (uploads) unread
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -37,7 +38,7 @@ def voila_command(port: int) -> list[str]:
     """The command ``make app`` runs: Voila on localhost only, uploads capped."""
     return [
         sys.executable, "-m", "voila", str(APP_NOTEBOOK), f"--port={port}", "--no-browser", "--Voila.ip=127.0.0.1",
-        f"--Voila.tornado_settings={{'websocket_max_message_size': {MAX_UPLOAD_BYTES}}}",
+        f"--Voila.tornado_settings={{'websocket_max_message_size': {MAX_MESSAGE_BYTES}}}",
     ]  # fmt: skip
 
 

@@ -32,7 +32,7 @@ def main() -> None:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(cls.VARIANTS)}")
     paths = runfolder.RunPaths.for_profile("cpu", args.run_dir)
     index = data.read_index(paths.index_csv)
-    split = pd.read_csv(paths.split_csv, keep_default_na=False)
+    split = paths.read_split()
     manifest = oof.read_mask_manifest(paths)
     oof.check_leak_free(manifest, split, paths)
     used = split[split["split"] == "train"]["image_id"].tolist()

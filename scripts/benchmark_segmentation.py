@@ -37,7 +37,7 @@ def main() -> None:
     args = benchmark.arg_parser(__doc__).parse_args()
     paths = runfolder.RunPaths.for_profile("cpu", args.run_dir)
     index = data.read_index(paths.index_csv)
-    manifest = pd.read_csv(paths.split_csv, keep_default_na=False)
+    manifest = paths.read_split()
     train_ids = seg.lesion_train_ids(manifest, exclude_fold=0)
     valid_ids = manifest.query("split == 'train' and fold == 0 and label != 'normal'")["image_id"].tolist()
     machine = benchmark.machine_info()

@@ -85,3 +85,11 @@ def quick_paths(quick_run):
     if len(needed) < 5 or any(errors[n] for n in needed):
         pytest.fail("the quick course run failed; see test_notebooks for the failing cell")
     return RunPaths.for_profile("quick", run_dir)
+
+
+@pytest.fixture(scope="session")
+def quick_test_image(quick_paths) -> Path:
+    """The first test-split image of the quick run (a scan no model trained on)."""
+    split = quick_paths.read_split()
+    index = data.read_index(quick_paths.index_csv).set_index("image_id")
+    return Path(index.loc[split.query("split == 'test'")["image_id"].iloc[0], "image_path"])

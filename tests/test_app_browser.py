@@ -14,13 +14,9 @@ from busi_utils.config import CLASSES
 pytestmark = pytest.mark.skipif(bool(webapp.browser_available()), reason=webapp.browser_available() or "")
 
 
-def test_upload_shows_label_probabilities_and_disclaimer(quick_paths, tmp_path):
-    split = quick_paths.read_split()
-    import pandas as pd
-
-    idx = pd.read_csv(quick_paths.index_csv, keep_default_na=False).set_index("image_id")
+def test_upload_shows_label_probabilities_and_disclaimer(quick_paths, quick_test_image, tmp_path):
     scan = tmp_path / "scan.png"
-    Image.open(idx.loc[split.query("split == 'test'")["image_id"].iloc[0], "image_path"]).save(scan)
+    Image.open(quick_test_image).save(scan)
     out = Path(os.environ.get("BUSI_ARTEFACTS", config.repo_root() / "runs" / "artefacts"))
     out.mkdir(parents=True, exist_ok=True)
     with (

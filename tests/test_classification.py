@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -16,7 +15,7 @@ def variant_data(quick_paths):
     from busi_utils import config
 
     recipe = config.load_profile("quick")["classify"]
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     images = preprocess.ArrayStore(
         preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False)
     )

@@ -21,14 +21,8 @@ def predictor(quick_paths):
 
 
 @pytest.fixture(scope="module")
-def scan(quick_paths):
-    import pandas as pd
-
-    split = quick_paths.read_split()
-    idx = pd.read_csv(quick_paths.index_csv, keep_default_na=False).set_index("image_id")
-    return np.asarray(
-        Image.open(idx.loc[split.query("split == 'test'")["image_id"].iloc[0], "image_path"]).convert("RGB")
-    )
+def scan(quick_test_image):
+    return np.asarray(Image.open(quick_test_image).convert("RGB"))
 
 
 def cli(*args):

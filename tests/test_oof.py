@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import pandas as pd
 import pytest
 
 from busi_utils import config, data, oof, preprocess, runfolder
@@ -13,7 +12,7 @@ from busi_utils.errors import LeakageError
 
 
 def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     masks = oof.read_mask_manifest(quick_paths)
     used = split[split["split"].isin(["train", "test"])]
     assert sorted(masks["image_id"]) == sorted(used["image_id"])
@@ -28,7 +27,7 @@ def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
 
 
 def test_a_fold_model_that_saw_its_own_fold_is_caught(quick_paths):
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     masks = oof.read_mask_manifest(quick_paths)
     _, fold0 = seg.load_segmenter(quick_paths.masks / "unet_fold0.pt")
     leaky = masks.copy()
@@ -39,7 +38,7 @@ def test_a_fold_model_that_saw_its_own_fold_is_caught(quick_paths):
 
 
 def test_a_replaced_model_file_is_caught(quick_paths):
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     masks = oof.read_mask_manifest(quick_paths).copy()
     masks.loc[masks["model"] == "unet_fold1.pt", "model_train_hash"] = "0" * 16
     with pytest.raises(LeakageError, match="replaced model"):
@@ -48,7 +47,7 @@ def test_a_replaced_model_file_is_caught(quick_paths):
 
 def test_leak_through_a_duplicate_is_caught(quick_paths):
     """An image whose *duplicate* (not itself) was in the predictor's training list."""
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     masks = oof.read_mask_manifest(quick_paths)
     _, fold0 = seg.load_segmenter(quick_paths.masks / "unet_fold0.pt")
     seen = set(fold0["train_ids"])
@@ -67,7 +66,7 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     for name in ("index.csv", "split_manifest.csv", "source.json"):
         shutil.copy(quick_paths.data / name, paths.data / name)
     shutil.copy(quick_paths.models / "unet_final.pt", paths.models / "unet_final.pt")
-    split = pd.read_csv(paths.split_csv, keep_default_na=False)
+    split = paths.read_split()
     recipe = config.load_profile("quick")["seg"]
     store = preprocess.ArrayStore(
         preprocess.resized_arrays(data.read_index(paths.index_csv), recipe["size"], progress=False)
@@ -102,7 +101,7 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
 
 
 def test_mask_quality_compares_the_same_images_seen_and_unseen(quick_paths):
-    split = pd.read_csv(quick_paths.split_csv, keep_default_na=False)
+    split = quick_paths.read_split()
     recipe = config.load_profile("quick")["seg"]
     store = preprocess.ArrayStore(
         preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False)
