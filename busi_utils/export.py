@@ -32,8 +32,9 @@ from .files import atomic_path, atomic_write_json, file_sha256, read_json
 from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, validate
 
 ENTROPY_QUANTILE = 0.8  # refer the 20 % most uncertain validation cases' worth of entropy
-OOD_QUANTILE = 0.99  # flag inputs farther from the training scans than 99 % of validation scans
+OOD_QUANTILE = 0.99  # per view: flag inputs farther from the training scans than 99 % of validation scans
 OPSET = 17
+FINALISE_VERSION = 2  # bump when calibrate() computes something new: older entries are then redone
 
 
 def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
@@ -149,15 +150,19 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
     f_train = classify_batch(graph, x_train, features_only=True)
     temperature = uncertainty.fit_temperature(y_valid, p_valid)
     calibrated = uncertainty.apply_temperature(p_valid, temperature)
-    density = uncertainty.fit_feature_density(f_train)
-    d_valid = uncertainty.ood_distance(f_valid, density)
+    ood = uncertainty.fit_ood(
+        {"features": f_train, "scan": uncertainty.scan_statistics(x_train[:, 0])},
+        {"features": f_valid, "scan": uncertainty.scan_statistics(x_valid[:, 0])},
+        OOD_QUANTILE,
+    )
     finalised = {
+        "version": FINALISE_VERSION,
         "tta_views": int(tta_views),
         "temperature": temperature,
         "entropy_cutoff": float(np.quantile(uncertainty.entropy(calibrated), ENTROPY_QUANTILE)),
         "entropy_quantile": ENTROPY_QUANTILE,
-        "ood_threshold": float(np.quantile(d_valid, OOD_QUANTILE)),
         "ood_quantile": OOD_QUANTILE,
+        "ood_thresholds": {v: float(ood[f"{v}_threshold"]) for v in uncertainty.OOD_VIEWS},
         "valid_accuracy_tta": classification_metrics(y_valid, calibrated)["accuracy"],
         "n_train": len(x_train),
         "n_valid": len(x_valid),
@@ -165,7 +170,7 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
     }
     with atomic_path(paths.ood_npz) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **density)
+            np.savez(fh, **ood)
     summary["finalised"] = finalised
     atomic_write_json(paths.classifier_summary, summary)
     return finalised
@@ -210,7 +215,7 @@ def export_onnx(paths: RunPaths) -> dict:
             },
             "temperature": fin["temperature"],
             "entropy_cutoff": fin["entropy_cutoff"],
-            "ood": {"file": paths.ood_npz.name, "threshold": fin["ood_threshold"], "quantile": fin["ood_quantile"]},
+            "ood": {"file": paths.ood_npz.name, "views": list(uncertainty.OOD_VIEWS), "quantile": fin["ood_quantile"]},
             "mask_storage": "uint8",  # the predicted mask is rounded to 8 bits before the classifier, as in training
             "opset": OPSET,
             "export_seconds": round(time.perf_counter() - start, 1),
@@ -247,7 +252,8 @@ def finalise_run(paths: RunPaths, vd, tta_views: int) -> tuple[dict, dict, bool]
     finalised = summary.get("finalised", {})
     recipe, _ = export_status(paths)
     method_sha = file_sha256(paths.models / summary["method_model"])
-    if recipe and finalised.get("tta_views") == tta_views and finalised.get("classifier_sha256") == method_sha:
+    wanted = {"version": FINALISE_VERSION, "tta_views": tta_views, "classifier_sha256": method_sha}
+    if recipe and all(finalised.get(k) == v for k, v in wanted.items()):
         return finalised, recipe, False
     finalised = calibrate(paths, vd, tta_views)
     return finalised, export_onnx(paths), True

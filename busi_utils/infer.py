@@ -45,7 +45,7 @@ class Prediction:
     uncertain: bool
     threshold: float = 0.5
     image: np.ndarray = field(repr=False, default=None)
-    ood_distance: float | None = None
+    ood_score: float | None = None  # distance to the training scans over its threshold; above 1: unfamiliar
     out_of_distribution: bool = False
 
     @property
@@ -69,7 +69,7 @@ class Prediction:
             "uncertain": self.uncertain,
             "out_of_distribution": self.out_of_distribution,
             "reliable": self.reliable,
-            "ood_distance": None if self.ood_distance is None else round(self.ood_distance, 2),
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 3),
             "lesion_area_fraction": round(float(self.mask.mean()), 4),
             "threshold": self.threshold,
             "disclaimer": DISCLAIMER,
@@ -179,7 +179,6 @@ class Predictor:
                 "tta_views": recipe["classifier"]["tta_views"],
                 "temperature": recipe["temperature"],
                 "entropy_cutoff": recipe["entropy_cutoff"],
-                "ood_threshold": recipe["ood"]["threshold"],
             }
             self.seg_size, self.cls_size = recipe["segmenter"]["size"], recipe["classifier"]["size"]
             ood_file = paths.exports / recipe["ood"]["file"]
@@ -195,8 +194,7 @@ class Predictor:
         self.tta = int(fin.get("tta_views", 2))
         self.temperature = float(fin.get("temperature", 1.0))
         self.entropy_cutoff = float(fin.get("entropy_cutoff", np.log(len(CLASSES)) / 2))
-        self.ood_threshold = fin.get("ood_threshold")
-        self.density = dict(np.load(ood_file)) if ood_file.exists() and self.ood_threshold is not None else None
+        self.ood = uncertainty.load_ood(ood_file)  # None for a run finalised without the check
 
     @property
     def backend_name(self) -> str:
@@ -209,13 +207,13 @@ class Predictor:
         small = resize_pair(gray, None, self.seg_size)[0]
         prob = self.backend.segment((small.astype(np.float32) / 255.0)[None, None])[0, 0]
         prob = prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
-        x = np.stack([resize_pair(gray, None, self.cls_size)[0] / np.float32(255.0), resize_prob(prob, self.cls_size)])[
-            None
-        ]
-        raw, feats = self.backend.classify(x.astype(np.float32))
+        scan = resize_pair(gray, None, self.cls_size)[0] / np.float32(255.0)
+        x = np.stack([scan, resize_prob(prob, self.cls_size)])[None].astype(np.float32)
+        raw, feats = self.backend.classify(x)
         probs = uncertainty.apply_temperature(raw, self.temperature)[0]
         ent = float(uncertainty.entropy(probs[None])[0])
-        dist = float(uncertainty.ood_distance(feats, self.density)[0]) if self.density is not None else None
+        views = {"features": feats, "scan": uncertainty.scan_statistics(x[:, 0])}
+        score = float(uncertainty.ood_score(views, self.ood)[0]) if self.ood is not None else None
         full = np.asarray(Image.fromarray(prob).resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
         p = {c: float(probs[k]) for k, c in enumerate(CLASSES)}
         return Prediction(
@@ -226,8 +224,8 @@ class Predictor:
             ent > self.entropy_cutoff,
             threshold,
             gray,
-            dist,
-            bool(dist is not None and dist > self.ood_threshold),
+            score,
+            bool(score is not None and score > 1),
         )
 
 

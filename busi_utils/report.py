@@ -129,13 +129,13 @@ def uncertainty_block(
     }
 
 
-def ood_block(distance: np.ndarray, finalised: Mapping) -> dict:
-    """Share of test scans the out-of-distribution check flags (a false alarm on every one)."""
+def ood_block(score: np.ndarray, finalised: Mapping) -> dict:
+    """Share of test scans the out-of-distribution check flags (score above 1: each a false alarm)."""
     return {
-        "threshold": float(finalised["ood_threshold"]),
         "quantile": float(finalised["ood_quantile"]),
-        "flagged_test_fraction": float((distance > finalised["ood_threshold"]).mean()),
-        "distance_median": float(np.median(distance)),
+        "thresholds": dict(finalised["ood_thresholds"]),
+        "flagged_test_fraction": float((score > 1).mean()),
+        "score_median": float(np.median(score)),
     }
 
 

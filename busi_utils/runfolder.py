@@ -172,7 +172,7 @@ METRICS_SCHEMA = _obj(
                 "accuracy_tta": _NUM,
             }
         ),
-        "ood": _obj({"threshold": _NUM, "flagged_test_fraction": _NUM}),
+        "ood": _obj({"quantile": _NUM, "flagged_test_fraction": _NUM}),
         "leakage": _obj(
             {
                 "random_split": {"type": "object"},
@@ -221,7 +221,7 @@ EXPORT_RECIPE_SCHEMA = _obj(
         ),
         "temperature": _NUM,
         "entropy_cutoff": _NUM,
-        "ood": _obj({"file": {"type": "string"}, "threshold": _NUM, "quantile": _NUM}),
+        "ood": _obj({"file": {"type": "string"}, "views": {"type": "array"}, "quantile": _NUM}),
     }
 )
 

@@ -34,8 +34,8 @@ def _verdict_html(p: Prediction, predictor: Predictor) -> str:
     out-of-distribution warnings, as HTML."""
     ood = (
         "<div class='busi-ood' style='background:#fdd;border:2px solid #c00;padding:6px'><b>Not like the training scans.</b> "
-        f"This input is far from every breast-ultrasound scan the models learned from (distance {p.ood_distance:.1f} > "
-        f"{predictor.ood_threshold:.1f}). The outputs below are <b>unreliable</b>.</div>"
+        f"This input is farther from the breast-ultrasound scans the models learned from than 99% of validation "
+        f"scans (score {p.ood_score:.2f} > 1). The outputs below are <b>unreliable</b>.</div>"
         if p.out_of_distribution
         else ""
     )
