@@ -123,7 +123,7 @@ def uncertainty_block(
     catch = metrics.referral_catch(labels, calibrated_tta, entropy, finalised["entropy_cutoff"])
     return {
         "tta_views": int(finalised["tta_views"]),
-        "entropy_cutoff": float(finalised["entropy_cutoff"]),
+        "entropy_cutoff": catch.pop("cutoff"),
         "accuracy_tta": metrics.classification_metrics(labels, calibrated_tta)["accuracy"],
         **catch,
     }
