@@ -130,3 +130,45 @@ def record(out: Path, table: str, row: dict, history: pd.DataFrame, key: list[st
         history.assign(**{k: row[k] for k in key}).to_dict("records"),
         key + ["epoch"],
     )
+
+
+def matching_candidate(table: pd.DataFrame, recipe: dict) -> pd.Series | None:
+    """The benchmark row whose recorded recipe equals ``recipe`` on every key the row records
+    (the ``recipe`` column of the per-run table, carried into the summary as ``recipe``)."""
+    if "recipe" not in table:
+        return None
+    for _, row in table.iterrows():
+        spec = parse_spec(str(row["recipe"]))
+        if spec and all(recipe.get(k) == v or str(recipe.get(k)) == str(v) for k, v in spec.items()):
+            return row
+    return None
+
+
+def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:
+    """Where the profile's recipe stands in a benchmark summary (``<metric>_mean`` / ``_sd`` per
+    candidate): its rank, the best candidate, and whether the gap is beyond the runs' spread.
+    Printed by the chapters, so that no sentence about the chosen model is written by hand."""
+    mean, sd = f"{metric}_mean", f"{metric}_sd"
+    ranked = table.sort_values(mean, ascending=False).reset_index(drop=True)
+    best = ranked.iloc[0]
+    mine = matching_candidate(ranked, recipe)
+    lines = [
+        f"best mean: {best['name']} {best[mean]:.3f} ± {best[sd]:.3f} (SD over {int(best['runs'])} runs), "
+        f"{best['s_per_epoch']:.1f} s/epoch"
+    ]
+    if mine is None:
+        return "\n".join(lines + ["the profile's recipe is not among the benchmarked candidates"])
+    rank = int(ranked.index[ranked["name"] == mine["name"]][0]) + 1
+    lines.append(
+        f"the profile trains {mine['name']}: {mine[mean]:.3f} ± {mine[sd]:.3f}, rank {rank} of {len(ranked)}, "
+        f"{mine['s_per_epoch']:.1f} s/epoch"
+    )
+    other = best if mine["name"] != best["name"] else (ranked.iloc[1] if len(ranked) > 1 else None)
+    if other is not None:
+        gap, spread = abs(best[mean] - other[mean]), max(best[sd], other[sd])
+        lines.append(
+            (f"gap to the best {gap:.3f}: " if other is best else f"ahead of {other['name']} by {gap:.3f}: ")
+            + ("within" if gap <= spread else "beyond")
+            + f" one SD of the runs ({spread:.3f})"
+        )
+    return "\n".join(lines)

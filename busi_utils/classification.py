@@ -1,7 +1,7 @@
 """Stage 2, *what?*: a classifier that reads the image and the predicted lesion mask.
 
 Input: a 2-channel tensor, channel 1 the grayscale scan, channel 2 the lesion probability
-from stage 1 (out-of-fold masks for training-pool images, final-U-Net masks for test
+from stage 1 (out-of-fold masks for training-pool images, the fold-U-Net ensemble's masks for test
 images: :mod:`busi_utils.oof`). The ablation variants use the identical recipe:
 
 ===================  ===================================  ==============================
@@ -435,10 +435,11 @@ def random_split_experiment(
 
     from .metrics import classification_metrics
     from .preprocess import resized_arrays
+    from .splits import copies_across, random_split
 
     ids = index["image_id"].tolist()
     labels = index["label"].astype(str).tolist()
-    tr, te = train_test_split(np.arange(len(ids)), test_size=test_frac, stratify=labels, random_state=seed)
+    tr, te = random_split(labels, test_frac, seed)
     tr_fit, tr_val = train_test_split(tr, test_size=0.2, stratify=[labels[i] for i in tr], random_state=seed)
     store = ArrayStore(resized_arrays(index, recipe["size"], progress=False))
     x = build_inputs("image_only", ids, store, None, recipe["size"])
@@ -454,11 +455,8 @@ def random_split_experiment(
         kinds=CHANNELS["image_only"],
     )
     probs = predict_proba(model, x[te], info["stats"])
-    group = groups.set_index("image_id")["group"]
-    train_groups = {group[ids[i]] for i in tr}
-    crossing = sum(group[ids[i]] in train_groups for i in te)
     return {
         "test": classification_metrics([labels[i] for i in te], probs),
         "n_test": len(te),
-        "test_with_copy_in_train": int(crossing),
+        "test_with_copy_in_train": copies_across(groups, [ids[i] for i in tr], [ids[i] for i in te]),
     }

@@ -63,6 +63,11 @@ def seed_everything(seed: int) -> None:
         import torch
 
         torch.manual_seed(seed)
+        # Not True: the CPU kernels this course uses are deterministic already (tests/
+        # test_reproducibility.py trains both stages twice and gets identical weights), and on
+        # CUDA True raises for ops without a deterministic version (e.g. bilinear upsampling's
+        # backward) unless CUBLAS_WORKSPACE_CONFIG is set; fastai's set_seed(reproducible=True)
+        # turns off cuDNN's benchmark mode instead.
         torch.use_deterministic_algorithms(False)
     except ImportError:  # the data layer works without torch
         pass

@@ -1,22 +1,28 @@
 """Run the numbered notebooks in order with papermill: ``python -m busi_utils.course``.
 
 Each notebook gets the same parameters (profile, run folder, data location, seed) and is
-written, executed, into ``runs/<profile>/notebooks/``; the seconds each took go to
-``timing.json``. Notebooks resume from what the run folder already holds, so a second
-run after an interruption only does the missing work.
+written, executed, into ``runs/<profile>/notebooks/``. Notebooks resume from what the run
+folder already holds, so a second run after an interruption only does the missing work.
+
+``timing.json`` keeps, per notebook, the seconds of the run that *computed* its results: a
+run that changed none of the run folder's products (a resume) is logged under ``resumed``
+and leaves the notebook's time, and so the course's total, as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from .config import PROFILES, repo_root
-from .files import atomic_write_json, read_json
-from .report import timing_block
+from .files import atomic_write_json, file_sha256, read_json
+from .report import read_timing, timing_block
 from .runfolder import RunPaths
 
 
@@ -26,6 +32,35 @@ def course_notebooks(folder: Path | None = None) -> list[Path]:
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+PRODUCTS = ("data", "models", "masks", "preds", "exports")  # folders of what notebooks compute
+
+
+def products_fingerprint(paths: RunPaths) -> dict[str, str]:
+    """SHA-256 of everything the notebooks compute (not the executed notebooks, figures or
+    timing): equal before and after a notebook means the notebook resumed and computed nothing."""
+    out = {}
+    for folder in PRODUCTS:
+        for path in sorted((paths.root / folder).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                out[str(path.relative_to(paths.root))] = file_sha256(path)
+    for path in (paths.metrics_json, paths.external_report):  # results, compared without their timing entry
+        doc = read_json(path)
+        if doc is not None:
+            doc.pop("timing", None)
+            out[path.name] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def record_time(timing: dict, stem: str, seconds: float, computed: bool) -> dict:
+    """Keep ``seconds`` as the notebook's time when it computed something (or has no time yet);
+    otherwise log it as a resume."""
+    if computed or stem not in timing["notebooks"]:
+        timing["notebooks"][stem] = round(seconds, 1)
+    else:
+        timing["resumed"].append({"notebook": stem, "seconds": round(seconds, 1), "at": datetime.now().isoformat()})
+    return timing
+
+
 def run_course(
     profile: str = "cpu",
     run_dir: str | None = None,
@@ -33,8 +68,8 @@ def run_course(
     seed: int = 42,
     only: list[str] | None = None,
     kernel_name: str | None = None,
-) -> dict[str, float]:
-    """Execute the notebooks (or those whose number is in ``only``) and return their times."""
+) -> dict:
+    """Execute the notebooks (or those whose number is in ``only``) and return ``timing.json``'s content."""
     import papermill as pm
 
     paths = RunPaths.for_profile(profile, run_dir)
@@ -44,11 +79,12 @@ def run_course(
         "busi_root": busi_root or os.environ.get("BUSI_ROOT"),
         "seed": seed,
     }
-    timing = read_json(paths.timing_json, {})
+    timing = read_timing(paths)
     for nb in course_notebooks():
         if only and nb.name[:2] not in only:
             continue
         print(f"▶ {nb.name} ({profile})", flush=True)
+        before = products_fingerprint(paths)
         start = time.perf_counter()
         declared = pm.inspect_notebook(str(nb))  # pass only what the notebook's parameters cell declares
         pm.execute_notebook(
@@ -60,8 +96,10 @@ def run_course(
             progress_bar=False,
             log_output=False,
         )
-        timing[nb.stem] = round(time.perf_counter() - start, 1)
-        print(f"  done in {timing[nb.stem]:.0f} s", flush=True)
+        seconds = time.perf_counter() - start
+        resumed = products_fingerprint(paths) == before and nb.stem in timing["notebooks"]
+        record_time(timing, nb.stem, seconds, computed=not resumed)
+        print(f"  done in {seconds:.0f} s" + (" (resumed: nothing recomputed)" if resumed else ""), flush=True)
         atomic_write_json(paths.timing_json, timing)
     metrics = read_json(paths.metrics_json)
     if metrics is not None:  # the results file carries the time of the whole course

@@ -60,7 +60,7 @@ def busi_reference_cdf(paths: RunPaths, size: int) -> np.ndarray:
 
 
 class RunModels:
-    """The run folder's U-Net and the four classifier variants, as notebooks 02-05 left them."""
+    """The run folder's fold-U-Net ensemble and the four classifier variants, as notebooks 02-05 left them."""
 
     def __init__(self, run_dir: str | Path):
         from . import classification as cls
@@ -68,11 +68,10 @@ class RunModels:
 
         self.paths = RunPaths(Path(run_dir).resolve())
         summary = read_json(self.paths.classifier_summary)
-        unet = self.paths.unet_final
-        if not unet.exists() or summary is None:
+        if not self.paths.fold_unet(0).exists() or summary is None:
             raise RunFolderError(f"{self.paths.root}: no trained models (run notebooks 02-04, or `make course`)")
         self.balance = summary["balance"]
-        self.unet, self.unet_info = seg.load_segmenter(unet)
+        self.unets = seg.load_ensemble(self.paths)
         self.classifiers = {}
         for v in cls.VARIANTS:
             path = cls.classifier_path(self.paths, v, self.balance)
@@ -81,7 +80,7 @@ class RunModels:
             self.classifiers[v] = cls.load_classifier(path)
         self.metrics = read_json(self.paths.metrics_json) or {}
         self.finalised = summary.get("finalised", {})  # temperature, TTA views, entropy cutoff (notebook 04)
-        self.seg_size = self.unet_info["recipe"]["size"]
+        self.seg_size = self.unets[0][1]["recipe"]["size"]
         self.cls_size = self.classifiers["image+pred_mask"][1]["recipe"]["size"]
 
 
@@ -107,7 +106,7 @@ def predict_external(
     if adapt == "histmatch":
         seg_images = histogram_match(seg_images, busi_reference_cdf(models.paths, models.seg_size))
         cls_arr["images"] = histogram_match(cls_arr["images"], busi_reference_cdf(models.paths, models.cls_size))
-    probs = seg.predict_masks(models.unet, models.unet_info, seg_images)
+    probs = seg.predict_ensemble(models.unets, seg_images)
     probs = images.prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
     ids = index["image_id"].tolist()
     table = index[["image_id", "label", "patient"]].copy()

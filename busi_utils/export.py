@@ -3,8 +3,8 @@ and export both stages to ONNX (notebook 04's last section).
 
 The exported graphs are the whole prediction of each stage, not just the networks:
 
-* ``unet.onnx``: a (1, 1, S, S) scan in [0, 1] -> lesion probabilities, normalisation and the
-  mirror view (flip TTA) inside;
+* ``unet.onnx``: a (1, 1, S, S) scan in [0, 1] -> lesion probabilities: the K fold U-Nets, each
+  with its own normalisation and the mirror view (flip TTA), averaged, in one graph;
 * ``classifier.onnx``: a (1, 2, S, S) input (scan, predicted mask) in [0, 1] -> the mean class
   probabilities over the TTA views (identity, mirror, seeded zoom-and-shift crops) and the
   pooled features of the identity view (for the out-of-distribution distance).
@@ -65,19 +65,24 @@ def sample_view(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 class SegmenterGraph(nn.Module):
-    """The U-Net's prediction as :func:`busi_utils.segmentation.predict_probs` makes it."""
+    """Stage 1's prediction as :func:`busi_utils.segmentation.predict_ensemble` makes it: every
+    member U-Net on its own normalisation (and its mirror view when ``flip``), then the mean."""
 
-    def __init__(self, unet: nn.Module, stats, flip: bool, size: int):
+    def __init__(self, unets: list[nn.Module], stats: list, flip: bool, size: int):
         super().__init__()
-        self.unet, self.flip, self.size = unet.eval(), bool(flip), int(size)
-        self.mean, self.std = float(stats[0]), float(stats[1])
+        self.unets = nn.ModuleList([u.eval() for u in unets])
+        self.stats = [(float(m), float(s)) for m, s in stats]
+        self.flip, self.size = bool(flip), int(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) / self.std
-        p = torch.sigmoid(self.unet(z))
-        if self.flip:
-            p = (p + torch.sigmoid(self.unet(z.flip(-1))).flip(-1)) / 2
-        return p
+        total = torch.zeros_like(x)
+        for unet, (mean, std) in zip(self.unets, self.stats):
+            z = (x - mean) / std
+            p = torch.sigmoid(unet(z))
+            if self.flip:
+                p = (p + torch.sigmoid(unet(z.flip(-1))).flip(-1)) / 2
+            total = total + p
+        return total / len(self.unets)
 
 
 class ClassifierGraph(nn.Module):
@@ -109,17 +114,19 @@ class ClassifierGraph(nn.Module):
 
 
 def load_graphs(paths: RunPaths, tta_views: int | None = None) -> tuple[SegmenterGraph, ClassifierGraph, dict]:
-    """The run's final U-Net and method classifier as inference graphs, and the summary
+    """The run's fold-U-Net ensemble and method classifier as inference graphs, and the summary
     (``tta_views`` defaults to the number fixed when the run was finalised)."""
     from . import classification as cls
     from . import segmentation as seg
 
     summary = read_json(paths.classifier_summary) or {}
-    unet, unet_info = seg.load_segmenter(paths.unet_final)
+    members = seg.load_ensemble(paths)
     model, info = cls.load_classifier(paths.models / summary["method_model"])
     n_views = int(tta_views or summary.get("finalised", {}).get("tta_views", 2))
-    flip = bool(unet_info["recipe"].get("tta_flip", False))
-    seg_graph = SegmenterGraph(unet, unet_info["stats"], flip, int(unet_info["recipe"]["size"]))
+    first = members[0][1]["recipe"]
+    seg_graph = SegmenterGraph(
+        [m for m, _ in members], [i["stats"] for _, i in members], bool(first.get("tta_flip")), int(first["size"])
+    )
     cls_graph = ClassifierGraph(model, info["stats"], n_views, int(info["recipe"]["size"]))
     return seg_graph, cls_graph, summary
 
@@ -179,6 +186,8 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
 def export_onnx(paths: RunPaths) -> dict:
     """Write ``unet.onnx``, ``classifier.onnx`` and ``recipe.json`` (last, atomically: its
     presence means a complete export). Needs :func:`calibrate` first. Returns the recipe."""
+    from . import segmentation as seg
+
     seg_graph, cls_graph, summary = load_graphs(paths)
     fin = summary["finalised"]
     start = time.perf_counter()
@@ -196,12 +205,9 @@ def export_onnx(paths: RunPaths) -> dict:
             "segmenter": {
                 "file": paths.unet_onnx.name,
                 "size": seg_graph.size,
-                "mean": seg_graph.mean,
-                "std": seg_graph.std,
                 "flip_tta": seg_graph.flip,
                 "threshold": 0.5,
-                "fingerprint": file_sha256(paths.unet_final),
-                "source": paths.unet_final.name,
+                "members": [{"source": p.name, "fingerprint": file_sha256(p)} for p in seg.ensemble_files(paths)],
             },
             "classifier": {
                 "file": paths.classifier_onnx.name,

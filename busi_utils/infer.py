@@ -136,14 +136,16 @@ def export_status(paths: RunPaths) -> tuple[dict | None, str]:
     if recipe is None:
         return None, f"no ONNX export in {paths.exports} (notebook 04 writes it)"
     summary = read_json(paths.classifier_summary) or {}
-    sources = {
-        "segmenter": paths.unet_final,
-        "classifier": paths.models / summary.get("method_model", recipe["classifier"]["source"]),
-    }
-    for stage, model_file in sources.items():
+    method = paths.models / summary.get("method_model", recipe["classifier"]["source"])
+    sources = [(paths.segmenter(m["source"]), m["fingerprint"]) for m in recipe["segmenter"].get("members", [])]
+    if not sources:
+        return None, "the ONNX export predates the fold-ensemble segmenter (re-run notebook 04)"
+    sources.append((method, recipe["classifier"]["fingerprint"]))
+    for stage in ("segmenter", "classifier"):
         if not (paths.exports / recipe[stage]["file"]).exists():
             return None, f"{paths.exports / recipe[stage]['file']} is missing"
-        if model_file.exists() and file_sha256(model_file) != recipe[stage]["fingerprint"]:
+    for model_file, fingerprint in sources:
+        if model_file.exists() and file_sha256(model_file) != fingerprint:
             return (
                 None,
                 f"the ONNX export is stale: {model_file.name} changed after it was exported (re-run notebook 04)",
@@ -152,7 +154,7 @@ def export_status(paths: RunPaths) -> tuple[dict | None, str]:
 
 
 class Predictor:
-    """Segment and classify any image with a run folder's final models.
+    """Segment and classify any image with a run folder's models: the fold-U-Net ensemble, then the method classifier.
 
     ``backend``: ``"auto"`` (ONNX when a current export exists, else torch), ``"onnx"`` or
     ``"torch"``. ``notice`` receives the one-line reason when auto falls back to torch.
@@ -166,7 +168,7 @@ class Predictor:
             raise RunFolderError(f"{paths.root}: run folder not found (run `make course` first, or pass --run)")
         summary = read_json(paths.classifier_summary)
         if not paths.export_recipe.exists():  # without an export, the model files must be there
-            for needed in (paths.unet_final, paths.classifier_summary):
+            for needed in (paths.fold_unet(0), paths.classifier_summary):
                 if not needed.exists():
                     raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
         self.paths = paths

@@ -157,8 +157,18 @@ def leakage_block(
     }
 
 
-def timing_block(paths: RunPaths) -> dict:
+def read_timing(paths: RunPaths) -> dict:
+    """``{"notebooks": {stem: seconds}, "resumed": [...]}`` (older flat files are read as notebooks)."""
     timing = read_json(paths.timing_json, {})
+    if "notebooks" not in timing:
+        timing = {"notebooks": timing, "resumed": []}
+    timing.setdefault("resumed", [])
+    return timing
+
+
+def timing_block(paths: RunPaths) -> dict:
+    """Per notebook, the seconds of the run that computed its results, and their sum."""
+    timing = read_timing(paths)["notebooks"]
     return {"notebooks": timing, "course_seconds": round(sum(timing.values()), 1)}
 
 

@@ -7,7 +7,7 @@ before they are written, so a reader finds the whole contract here::
 
     runs/<profile>/
       data/      index.csv, source.json, duplicate_groups.csv, split_manifest.csv  (01)
-      models/    unet_final.pt (+ .history.csv, .summary.json)                     (02)
+      masks/     unet_fold0.pt (+ .history.csv), stage1_summary.json                (02)
       masks/     unet_fold<k>.pt, <split>/<image_id>.png, manifest.csv, summary.json (03)
       models/    classifier_<variant>_<balance>[_seed<s>].pt, classifier_summary.json (04)
       preds/     <variant>_<balance>[_seed<s>]_{valid,test}.csv                     (04, 05)
@@ -27,8 +27,6 @@ from typing import Any
 
 from .config import repo_root
 from .errors import RunFolderError, SchemaError
-
-UNET_FINAL = "unet_final.pt"  # also the "model" column of the mask manifest for test masks
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,8 @@ class RunPaths:
     source_json = property(lambda self: self.data / "source.json")
     groups_csv = property(lambda self: self.data / "duplicate_groups.csv")
     split_csv = property(lambda self: self.data / "split_manifest.csv")
-    # 02: stage 1
-    unet_final = property(lambda self: self.models / UNET_FINAL)
-    unet_summary = property(lambda self: self.models / "unet_final.summary.json")
+    # 02: stage 1 (its models are the fold U-Nets: fold_unet below)
+    stage1_summary = property(lambda self: self.masks / "stage1_summary.json")
     # 03: leakage-safe masks
     mask_manifest = property(lambda self: self.masks / "manifest.csv")
     mask_summary = property(lambda self: self.masks / "summary.json")
@@ -78,12 +75,13 @@ class RunPaths:
     external_report = property(lambda self: self.root / "external_report.json")
 
     def fold_unet(self, fold: int) -> Path:
-        """The U-Net trained without fold ``fold`` (it predicts that fold's masks)."""
+        """The U-Net trained without fold ``fold``: it predicts that fold's masks and is one
+        member of the ensemble that predicts the test split (and every new scan)."""
         return self.masks / f"unet_fold{fold}.pt"
 
     def segmenter(self, name: str) -> Path:
-        """A U-Net by the name the mask manifest records (``unet_final.pt`` or ``unet_fold<k>.pt``)."""
-        return self.unet_final if name == UNET_FINAL else self.masks / name
+        """A U-Net by the name the mask manifest records (``unet_fold<k>.pt``)."""
+        return self.masks / name
 
     def mask_png(self, split: str, image_id: str) -> Path:
         """Relative path (inside ``masks/``) of a stored predicted mask."""
@@ -119,14 +117,14 @@ def _read_csv(path: Path, writer: str):
 def default_run() -> Path:
     """The run folder a user most likely means: runs/cpu, else runs/gpu, else runs/quick."""
     for profile in ("cpu", "gpu", "quick"):
-        if RunPaths(repo_root() / "runs" / profile).unet_final.exists():
+        if RunPaths(repo_root() / "runs" / profile).classifier_summary.exists():
             return repo_root() / "runs" / profile
     return repo_root() / "runs" / "cpu"
 
 
 # --------------------------------------------------------------------------- schemas
 
-_NUM = {"type": "number"}
+_NUM = {"type": ["number", "null"]}  # null: undefined (e.g. an AUC with a class absent); JSON has no NaN
 _CI = {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2}
 _SCORES = {
     "type": "object",
@@ -202,11 +200,13 @@ EXPORT_RECIPE_SCHEMA = _obj(
             {
                 "file": {"type": "string"},
                 "size": {"type": "integer"},
-                "mean": _NUM,
-                "std": _NUM,
                 "flip_tta": {"type": "boolean"},
                 "threshold": _NUM,
-                "fingerprint": {"type": "string"},
+                "members": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _obj({"source": {"type": "string"}, "fingerprint": {"type": "string"}}),
+                },
             }
         ),
         "classifier": _obj(

@@ -10,9 +10,13 @@ The pieces, in the order a reader meets them in notebook 02:
   ``resnet18``/``resnet34`` (fastai's ``DynamicUnet``, ImageNet weights only when already in the
   local torch cache);
 * :class:`DiceBCELoss` / :class:`DiceFocalLoss` and the Dice / IoU metrics;
-* :func:`train_segmenter` — learning-rate finder, one-cycle schedule (fastai's ``fine_tune``
-  for a pretrained encoder: :mod:`busi_utils.training`), seeded, checkpoint chosen on the
-  validation fold only;
+* :func:`train_segmenter` — one-cycle schedule (fastai's ``fine_tune`` for a pretrained
+  encoder: :mod:`busi_utils.training`), seeded, last epoch kept; :func:`suggest_lr` runs
+  fastai's learning-rate finder beside it, for comparison;
+* :func:`train_fold` — the recipe applied to one cross-fitting fold: every U-Net of the course
+  (notebook 02's fold 0, notebook 03's K folds) comes from this one function;
+* :func:`load_ensemble` / :func:`predict_ensemble` — stage 1 as it ships: the mean of the K fold
+  U-Nets' probabilities (each never saw a test image);
 * :func:`save_segmenter` / :func:`load_segmenter` — a portable export: weights, the recipe that
   rebuilds the network, normalisation, and the list of training images (the leak check reads it).
 """
@@ -222,6 +226,20 @@ def segmenter_from_recipe(recipe: dict, pretrained: bool | None = None, verbose:
     )
 
 
+def describe_recipe(recipe: dict) -> str:
+    """One sentence on the U-Net a recipe trains, for chapters that must not state it by hand."""
+    arch = {
+        "light": "a light U-Net trained from scratch",
+        "attention": "an attention U-Net trained from scratch",
+        "lite0": "an EfficientNet-Lite0 U-Net "
+        + ("from ImageNet weights" if recipe.get("pretrained") else "trained from scratch"),
+    }.get(recipe["arch"], f"a fastai {recipe['arch']} U-Net")
+    frozen = int(recipe.get("freeze_epochs", 0)) if recipe.get("pretrained") else 0
+    epochs = f"{frozen} frozen + {recipe['epochs']} epochs" if frozen else f"{recipe['epochs']} epochs"
+    tta = ", averaged with its mirror view at prediction" if recipe.get("tta_flip") else ""
+    return f"{arch}, {recipe['size']} px, {epochs} at lr {recipe['lr']:g} ({recipe.get('loss', 'dice_bce')} loss){tta}"
+
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -334,75 +352,85 @@ def ids_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
+def _learner(
+    store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, path: Path, show_progress: bool
+):
+    """The fastai ``Learner`` of a recipe: DataLoaders, network, loss, metrics, splitter."""
+    from fastai.learner import Learner
+
+    from . import training
+
+    stats = norm_stats(store, train_ids)
+    watch = list(valid_ids) or list(train_ids[: recipe["batch_size"]])  # fastai wants a validation set
+    dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
+    model = segmenter_from_recipe(recipe, verbose=show_progress)
+    splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
+    learn = Learner(
+        dls,
+        model,
+        loss_func=LOSSES[recipe.get("loss", "dice_bce")](),
+        metrics=[dice, iou],
+        path=path,
+        model_dir=".",
+        **splitter,
+    )
+    if not show_progress:
+        training.quiet(learn)
+    return learn, stats
+
+
 def train_segmenter(
     store: ArrayStore,
     train_ids: Sequence[str],
     valid_ids: Sequence[str],
     recipe: dict,
     seed: int,
-    select_on_valid: bool = True,
-    lr_find: bool = False,
     show_progress: bool = True,
 ):
-    """Train a U-Net with fastai's one-cycle schedule (``fine_tune`` for a pretrained encoder).
+    """Train a U-Net by ``recipe`` with fastai's one-cycle schedule (``fine_tune`` for a
+    pretrained encoder), seeded, and keep the **last** epoch.
 
-    ``select_on_valid``: keep the epoch with the best validation Dice (stage 1's final model).
-    Otherwise the last epoch is kept and the validation images are not looked at during
-    training at all (the cross-fitted fold models of notebook 03, whose held-out fold must
-    stay unseen). Returns ``(model, history, info)``.
+    ``valid_ids`` are only *watched* (their Dice per epoch goes into the history); nothing is
+    chosen on them, so the same function trains the cross-fitted fold models of notebook 03,
+    whose held-out fold must not influence their training. Returns ``(model, history, info)``.
     """
-    from fastai.callback.tracker import SaveModelCallback
-    from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
     from . import training
 
     set_seed(seed, reproducible=True)
-    stats = norm_stats(store, train_ids)
-    watch = list(valid_ids) if select_on_valid else list(train_ids[: recipe["batch_size"]])
-    dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
-    model = segmenter_from_recipe(recipe, verbose=show_progress)
-    splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
     with training.temporary_folder("busi-seg-") as tmp:
-        learn = Learner(
-            dls,
-            model,
-            loss_func=LOSSES[recipe.get("loss", "dice_bce")](),
-            metrics=[dice, iou],
-            path=tmp,
-            model_dir=".",
-            **splitter,
-        )
-        if not show_progress:
-            training.quiet(learn)
-        lr = recipe["lr"]
-        lr_found = None
-        if lr_find:
-            if training.uses_fine_tune(recipe):
-                learn.freeze()  # the rate of the first, frozen phase
-            lr_found = float(learn.lr_find(num_it=recipe.get("lr_find_iters", 40), show_plot=True).valley)
-            lr = lr_found
-        cbs = (
-            [SaveModelCallback(monitor="dice", comp=np.greater, fname="best", with_opt=False)]
-            if select_on_valid
-            else []
-        )
-        history, seconds = training.fit(learn, recipe, lr, cbs)
+        learn, stats = _learner(store, train_ids, valid_ids, recipe, tmp, show_progress)
+        history, seconds = training.fit(learn, recipe, recipe["lr"])
     info = {
         "recipe": dict(recipe),
         "stats": list(stats),
         "train_ids": sorted(map(str, train_ids)),
         "train_ids_hash": ids_hash(train_ids),
         "seed": seed,
-        "lr": lr,
-        "lr_found": lr_found,
+        "lr": recipe["lr"],
         "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
-        "selected_on_valid": select_on_valid,
-        "best_valid_dice": float(history["dice"].max()) if select_on_valid else None,
+        "last_valid_dice": float(history["dice"].iloc[-1]) if len(valid_ids) else None,
     }
     learn.model.eval()
     return learn.model, history, info
+
+
+def suggest_lr(store: ArrayStore, train_ids: Sequence[str], recipe: dict, seed: int, num_it: int = 40) -> float:
+    """fastai's learning-rate finder on a fresh copy of the recipe's network (the frozen phase's
+    rate for a pretrained encoder): its *valley* suggestion, for comparison with the recipe's
+    ``lr``. Nothing is trained for keeps; the course's models use the recipe's rate."""
+    from fastai.torch_core import set_seed
+
+    from . import training
+
+    set_seed(seed, reproducible=True)
+    with training.temporary_folder("busi-lrfind-") as tmp:
+        learn, _ = _learner(store, train_ids, [], recipe, tmp, show_progress=False)
+        if training.uses_fine_tune(recipe):
+            learn.freeze()
+        return float(learn.lr_find(num_it=num_it, show_plot=True).valley)
 
 
 def save_segmenter(path: Path, model: nn.Module, info: dict) -> None:
@@ -472,6 +500,71 @@ def lesion_train_ids(manifest: pd.DataFrame, exclude_fold: int | None = None) ->
     return m["image_id"].tolist()
 
 
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of fold ``fold``'s U-Net: each fold model starts from its own random numbers."""
+    return int(seed) + 1 + int(fold)
+
+
+def fold_numbers(manifest: pd.DataFrame) -> list[int]:
+    """The cross-fitting folds of the training pool, in order."""
+    return sorted(int(f) for f in manifest.loc[manifest["split"] == "train", "fold"].unique())
+
+
+def fold_ids(manifest: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """``(training images, watched images)`` of fold ``fold``'s U-Net: the training pool's lesion
+    images outside the fold, and the fold's own lesion images (scored per epoch, never chosen on)."""
+    held = manifest[(manifest["split"] == "train") & (manifest["fold"] == fold) & (manifest["label"] != "normal")]
+    return lesion_train_ids(manifest, exclude_fold=fold), held["image_id"].tolist()
+
+
+def train_fold(
+    paths, store: ArrayStore, manifest: pd.DataFrame, recipe: dict, seed: int, fold: int, show_progress: bool = True
+) -> Trained:
+    """Stage 1's recipe, the one function behind every U-Net of the course: the U-Net that leaves
+    fold ``fold`` out, trained (or loaded, when ``paths`` already holds it with this recipe, seed
+    and training list). Notebook 02 teaches with fold 0; notebook 03 calls it for every fold."""
+    train_ids, valid_ids = fold_ids(manifest, fold)
+    check_training_items(manifest, train_ids)
+    return get_or_train(
+        paths.fold_unet(fold),
+        store,
+        train_ids,
+        valid_ids,
+        recipe,
+        fold_seed(seed, fold),
+        show_progress=show_progress,
+    )
+
+
+def ensemble_files(paths, manifest: pd.DataFrame | None = None) -> list[Path]:
+    """The files of the K fold U-Nets of a run, in fold order (folds from the split manifest)."""
+    manifest = paths.read_split() if manifest is None else manifest
+    return [paths.fold_unet(k) for k in fold_numbers(manifest)]
+
+
+def load_ensemble(paths, manifest: pd.DataFrame | None = None) -> list[tuple[nn.Module, dict]]:
+    """The K fold U-Nets of a run, ``(model, info)`` in fold order: stage 1 as it ships."""
+    from .errors import RunFolderError
+
+    members = []
+    for path in ensemble_files(paths, manifest):
+        if not path.exists():
+            raise RunFolderError(f"{path}: missing; run notebooks 02-03 first")
+        members.append(load_segmenter(path))
+        if members[-1][1]["recipe"] != members[0][1]["recipe"]:
+            raise RunFolderError(
+                f"{path}: trained with another recipe than {paths.fold_unet(0).name}; an ensemble shares one"
+                " recipe (re-run notebook 03)"
+            )
+    return members
+
+
+def predict_ensemble(members: Sequence[tuple[nn.Module, dict]], images: np.ndarray) -> np.ndarray:
+    """The mean of the members' lesion probabilities (each predicts as its recipe says, flip TTA
+    included), as nnU-Net ensembles its fold models."""
+    return np.mean([predict_masks(model, info, images) for model, info in members], axis=0).astype(np.float32)
+
+
 def check_training_items(manifest: pd.DataFrame, train_ids: Sequence[str]) -> None:
     """Raise if a hold-out test image, an excluded image or a normal image is among the
     segmentation training items."""
@@ -506,6 +599,20 @@ def get_or_train(
     atomic_write_text(hist_path, history.to_csv(index=False))
     save_segmenter(path, model, info)  # the model last: its presence means "done"
     return Trained(model, info, history, True)
+
+
+def member_scores(members: Sequence[tuple[nn.Module, dict]], images: np.ndarray, truths: np.ndarray) -> pd.DataFrame:
+    """Mean Dice of each member alone and of their mean (:func:`predict_ensemble`) on the same
+    images: what the ensemble buys over any single fold U-Net."""
+    rows = [
+        {
+            "model": f"fold-{k} U-Net alone",
+            "dice": float(score_masks(predict_masks(m, i, images), truths)["dice"].mean()),
+        }
+        for k, (m, i) in enumerate(members)
+    ]
+    ensemble = score_masks(predict_ensemble(members, images), truths)["dice"].mean()
+    return pd.DataFrame(rows + [{"model": f"mean of the {len(members)}", "dice": float(ensemble)}])
 
 
 def score_masks(probs: np.ndarray, truths: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:

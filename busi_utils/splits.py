@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from .errors import LeakageError
 from .files import atomic_write_json, atomic_write_text, read_json
@@ -72,6 +73,19 @@ def make_split(
         m.loc[train[val_idx], "fold"] = k
     check_no_group_crosses(m)
     return m
+
+
+def random_split(labels: Sequence[str], test_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` positions of an ungrouped, stratified random split: what most BUSI
+    papers do, and the leak chapter 5 measures (duplicates may land on both sides)."""
+    return train_test_split(np.arange(len(labels)), test_size=test_frac, stratify=list(labels), random_state=seed)
+
+
+def copies_across(groups: pd.DataFrame, train_ids: Sequence[str], test_ids: Sequence[str]) -> int:
+    """How many ``test_ids`` have a member of their duplicate group among ``train_ids``."""
+    group = groups.set_index("image_id")["group"]
+    seen = {group[i] for i in train_ids}
+    return int(sum(group[i] in seen for i in test_ids))
 
 
 def check_no_group_crosses(manifest: pd.DataFrame) -> None:

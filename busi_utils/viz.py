@@ -170,6 +170,26 @@ def plot_benchmark_curves(
     return fig
 
 
+def plot_benchmark_spread(runs: pd.DataFrame, metric: str, title: str):
+    """One row per candidate: every (fold, seed) run as a dot (shape: seed), the mean as a bar,
+    plus or minus one SD as a line. Shows whether candidates differ by more than runs of one
+    candidate do."""
+    order = runs.groupby("name")[metric].mean().sort_values().index.tolist()
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(order) + 1.2))
+    markers = dict(zip(sorted(runs["seed"].unique()), "os^Dv"))
+    for y, name in enumerate(order):
+        r = runs[runs["name"] == name]
+        ax.errorbar(r[metric].mean(), y, xerr=r[metric].std(), fmt="|", ms=18, color="black", capsize=4)
+        for seed, rs in r.groupby("seed"):
+            ax.scatter(
+                rs[metric], [y] * len(rs), marker=markers[seed], alpha=0.7, label=f"seed {seed}" if y == 0 else None
+            )
+    ax.set(yticks=range(len(order)), yticklabels=order, xlabel=metric.replace("_", " "), title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def show_first_filters(weight, title: str, n: int = 32, ax=None):
     """The first convolution's filters (out, in, k, k), summed over input channels, as a grid of
     small gray squares: learned edge and blob detectors look structured, random ones like noise."""
@@ -192,17 +212,17 @@ def show_first_filters(weight, title: str, n: int = 32, ax=None):
 def plot_crossfit_diagram(n_folds: int):
     """Cross-fitting as a picture: one row per U-Net, one column per fold of the training pool
     plus the test split; each cell says whether that model trains on it, predicts it, or never
-    sees it. Every image is predicted by exactly one model that did not train on it."""
+    sees it. Every training image is predicted by exactly one model that did not train on it;
+    the test split by all K of them (their mean), none of which trained on it."""
     from matplotlib.colors import ListedColormap
 
-    rows = [f"fold-{k} U-Net" for k in range(n_folds)] + ["final U-Net (ch. 2)"]
-    cols = [f"fold {k}" for k in range(n_folds)] + ["test"]
+    rows = [f"fold-{k} U-Net" + (" (ch. 2)" if k == 0 else "") for k in range(n_folds)]
+    cols = [f"fold {k}" for k in range(n_folds)] + ["test (mean of all)"]
     grid = np.zeros((len(rows), len(cols)), dtype=int)  # 0 unseen, 1 trains on, 2 predicts
     for k in range(n_folds):
         grid[k, :n_folds] = 1
         grid[k, k] = 2
-    grid[n_folds, 1:n_folds] = 1  # the final model trains on folds 1..K-1 (fold 0 chooses its epoch)
-    grid[n_folds, n_folds] = 2
+        grid[k, n_folds] = 2
     fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 0.5 * len(rows) + 1))
     ax.imshow(grid, cmap=ListedColormap(["#f2f2f2", "#9ecae1", "#fd8d3c"]), vmin=0, vmax=2)
     for (r, c), v in np.ndenumerate(grid):
@@ -212,7 +232,7 @@ def plot_crossfit_diagram(n_folds: int):
         xticklabels=cols,
         yticks=range(len(rows)),
         yticklabels=rows,
-        title="Who predicts whom: each column's masks come from its orange cell",
+        title="Who predicts whom: each column's masks come from its orange cell(s)",
     )
     ax.tick_params(length=0)
     fig.tight_layout()

@@ -2,8 +2,10 @@
 
     python scripts/results_table.py runs/cpu/metrics.json [--readme README.md]
 
-Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``. A run on
-synthetic data is refused: its numbers are software tests, not results.
+Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->``, and the
+stage-1 benchmark table (``benchmarks/segmentation.csv``) between ``<!-- seg-benchmark:start -->``
+and ``<!-- seg-benchmark:end -->``. A run on synthetic data is refused: its numbers are software
+tests, not results.
 """
 
 from __future__ import annotations
@@ -25,6 +27,31 @@ ROLE = {
 }
 
 
+def seg_benchmark_table(csv: Path) -> str:
+    """The stage-1 candidates, best mean first: held-out Dice mean ± SD over folds x seeds, time."""
+    import pandas as pd
+
+    t = pd.read_csv(csv).sort_values("valid_dice_mean", ascending=False)
+    lines = [
+        "| candidate | size | epochs | runs (folds x seeds) | held-out Dice, mean ± SD | painted area on normal scans | s/epoch | s/model | calib_ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in t.itertuples():
+        lines.append(
+            f"| `{r.name}` | {r.size} | {r.epochs} | {r.runs} ({r.folds} x {r.seeds}) | {r.valid_dice_mean:.3f} ± {r.valid_dice_sd:.3f} "
+            f"| {r.normal_fp_area_mean:.1%} | {r.s_per_epoch:.1f} | {r.s_per_model:.0f} | {r.calib_ms:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the lines between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"README markers {start} / {end} not found")
+    return text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end) :]
+
+
 def fmt(value: float, ci: list[float] | None = None) -> str:
     return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
 
@@ -36,8 +63,14 @@ def table(m: dict, when: str, machine: str) -> str:
         f"{when}, {machine}; whole course {m['timing']['course_seconds'] / 60:.0f} min. Test split: {m['split']['test']} images, "
         "touched once. 95% bootstrap intervals in brackets.",
         "",
-        f"**Segmentation** (test lesion images): Dice {fmt(seg['dice_mean'], seg['dice_ci95'])}, IoU {seg['iou_mean']:.3f}; "
-        f"false-positive area on normal test scans {seg['normal_fp_area_mean']:.1%}.",
+        f"**Segmentation** (test lesion images, mean of the {len(seg.get('members_dice', [])) or 'K'} fold U-Nets): "
+        f"Dice {fmt(seg['dice_mean'], seg['dice_ci95'])}, IoU {seg['iou_mean']:.3f}"
+        + (
+            f" (each fold U-Net alone: {min(seg['members_dice']):.3f}-{max(seg['members_dice']):.3f})"
+            if seg.get("members_dice")
+            else ""
+        )
+        + f"; false-positive area on normal test scans {seg['normal_fp_area_mean']:.1%}.",
         "",
         "| classifier input | role | accuracy | macro-F1 | malignant recall | malignant specificity | AUC (OvR) |",
         "|---|---|---|---|---|---|---|",
@@ -136,7 +169,10 @@ def main() -> int:
         print(f"{args.readme}: markers {START} / {END} not found", file=sys.stderr)
         return 1
     when = date.fromtimestamp(args.metrics.stat().st_mtime).isoformat()
-    new = text[: text.index(START) + len(START)] + "\n" + table(m, when, args.machine) + "\n" + text[text.index(END) :]
+    new = replace_block(text, "results", table(m, when, args.machine))
+    bench = args.readme.parent / "benchmarks" / "segmentation.csv"
+    if bench.exists():
+        new = replace_block(new, "seg-benchmark", seg_benchmark_table(bench))
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
     return 0

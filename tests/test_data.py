@@ -247,3 +247,22 @@ def test_synthetic_generator_is_seeded(tmp_path):
     assert data.dataset_hash(data.build_index(r1, progress=False)) == data.dataset_hash(
         data.build_index(r2, progress=False)
     )
+
+
+def test_zip_with_an_unsafe_member_path_is_refused_and_writes_nothing_outside(tmp_path):
+    import zipfile
+
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("Dataset_BUSI_with_GT/benign/benign (1).png", b"x")
+        zf.writestr("../../escaped.png", b"x")
+    with pytest.raises(BusiDataError, match=r"evil\.zip.*unsafe member path '\.\./\.\./escaped\.png'"):
+        data.extract_zip(zpath, tmp_path / "cache")
+    assert not list(tmp_path.rglob("escaped.png"))
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # no half extraction left
+
+
+def test_busi_root_variable_pointing_nowhere_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUSI_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(BusiDataError, match="nowhere.*does not exist"):
+        data.resolve_data()

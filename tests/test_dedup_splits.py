@@ -96,3 +96,32 @@ def test_manifest_is_reused_checked_and_never_silently_replaced(groups, tmp_path
     path.write_text(path.read_text().replace(",train,", ",test,", 1))
     with pytest.raises(ValueError, match="edited"):
         splits.load_or_make_split(path, groups, n_folds=3, seed=0)
+
+
+def _planted_duplicates(n_groups: int = 40, copies: int = 3) -> pd.DataFrame:
+    """A groups table with many planted duplicate groups (each scan filed ``copies`` times)."""
+    rows = [
+        {"image_id": f"g{g}_c{c}", "label": ("benign", "malignant", "normal")[g % 3], "group": f"g{g}"}
+        for g in range(n_groups)
+        for c in range(copies)
+    ]
+    t = pd.DataFrame(rows)
+    return t.assign(group_size=copies, cross_label=False)
+
+
+def test_a_random_split_leaks_copies_and_the_grouped_split_does_not():
+    """The leakage lesson of chapters 1 and 5 as a test: with planted duplicates, an ungrouped
+    random split puts copies of test scans into training; the course's grouped split never does."""
+    groups = _planted_duplicates()
+    for seed in (0, 1, 2):
+        tr, te = splits.random_split(groups["label"].tolist(), 0.2, seed)
+        leaked = splits.copies_across(groups, groups["image_id"].iloc[tr], groups["image_id"].iloc[te])
+        assert leaked > len(te) // 2  # most test scans have a copy in training
+        grouped = splits.make_split(groups, test_frac=0.2, n_folds=3, seed=seed)
+        train = grouped.loc[grouped["split"] == "train", "image_id"]
+        test = grouped.loc[grouped["split"] == "test", "image_id"]
+        assert len(test) and splits.copies_across(groups, train, test) == 0
+        pool = grouped[grouped["split"] == "train"]
+        for k in range(3):  # nor between the folds
+            inside, outside = pool.loc[pool["fold"] == k, "image_id"], pool.loc[pool["fold"] != k, "image_id"]
+            assert splits.copies_across(groups, outside, inside) == 0

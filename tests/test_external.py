@@ -172,3 +172,37 @@ def test_compare_with_busi_puts_home_and_away_side_by_side():
     assert drop.loc["image_only", "macro_f1"] == pytest.approx(0.2) and drop.loc[
         "image_only", "malignant_recall"
     ] == pytest.approx(0.5)
+
+
+@pytest.fixture
+def uclm_copy(tmp_path) -> Path:
+    return synthetic.make_synthetic_external(tmp_path / "uclm", layout="bus_uclm")
+
+
+def _rewrite_info(root: Path, edit) -> None:
+    path = root / "INFO.csv"
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    path.write_text("\ufeff" + "\n".join(edit(lines)) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda ls: [ls[0], ls[1].replace(";Benign;", ";Tumour;").replace(";Normal;", ";Tumour;").replace(";Malignant;", ";Tumour;")] + ls[2:], r"INFO\.csv: line 2: unknown label"),
+        (lambda ls: [ls[0], ";" + ls[1].split(";", 1)[1]] + ls[2:], r"INFO\.csv: line 2: empty image name"),
+        (lambda ls: [ls[0]] + ls[2:], "image without a label row in INFO.csv"),
+        (lambda ls: ls + ["ZZZZ_999.jpg;1x1;Benign;no;no;no"], r"ZZZZ_999\.jpg: listed in INFO\.csv but missing"),
+    ],
+)  # fmt: skip
+def test_damaged_bus_uclm_rows_are_named(uclm_copy, damage, message):
+    """The BUS-UCLM layout (INFO.csv, ';'-separated with a BOM) names the file and line too."""
+    root = external.find_external_dir(uclm_copy)
+    assert external.detect_layout(root) == "bus_uclm"
+    _rewrite_info(root, damage)
+    with pytest.raises(BusiDataError, match=message):
+        external.build_external_index(root, progress=False)
+
+
+def test_evaluate_cli_refuses_an_unknown_adaptation(tmp_path, ext_root):
+    r = _cli("--data", str(ext_root), "--run", str(tmp_path), "--adapt", "magic")
+    assert r.returncode == 2 and "magic" in r.stderr and "histmatch" in r.stderr

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import png_header_only
 from PIL import Image
 
 from busi_utils import data, images, infer, runfolder
@@ -101,10 +102,9 @@ def test_missing_or_incomplete_run_folder(quick_paths, scan, tmp_path):
     r = cli("--image", tmp_path / "scan.png", "--run", tmp_path / "nowhere")
     assert r.returncode == 3 and "run folder not found" in r.stderr
     partial = tmp_path / "partial"
-    shutil.copytree(quick_paths.models, partial / "models")
-    (partial / "models" / "unet_final.pt").unlink()
+    shutil.copytree(quick_paths.models, partial / "models")  # the classifiers, but no fold U-Net
     r = cli("--image", tmp_path / "scan.png", "--run", partial)
-    assert r.returncode == 3 and "unet_final.pt" in r.stderr and "incomplete" in r.stderr
+    assert r.returncode == 3 and "unet_fold0.pt" in r.stderr and "incomplete" in r.stderr
 
 
 def test_cli_json_and_files(quick_paths, scan, tmp_path):
@@ -154,6 +154,13 @@ def test_folder_mode_processes_good_files_and_lists_bad_ones(quick_paths, scan, 
     ]
 
 
+def test_folder_mode_given_a_file_says_so(quick_paths, scan, tmp_path):
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    r = cli("--folder", tmp_path / "scan.png", "--run", quick_paths.root, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "scan.png: not a folder" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_explains_every_option():
     r = cli("--help")
     for opt in ("--image", "--folder", "--run", "--out", "--json", "--threshold"):
@@ -179,23 +186,10 @@ def test_widget_app_headless(predictor, scan, tmp_path):
     assert "Cannot analyse" in app.error.value
 
 
-def _png_header_only(path, width: int, height: int) -> None:
-    """A tiny PNG whose header claims ``width`` x ``height`` (what an attacker uploads)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1024)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
-
 def test_oversized_images_are_refused_from_the_header(quick_paths, tmp_path):
     """A 20000 px decompression bomb and a 12000 x 9000 image: exit 2, one line, no decoding."""
     for name, (w, h) in {"bomb.png": (20000, 20000), "wide.png": (12000, 9000)}.items():
-        _png_header_only(tmp_path / name, w, h)
+        png_header_only(tmp_path / name, w, h)
         assert (tmp_path / name).stat().st_size < 5000
         with pytest.raises(infer.InputError, match="too large"):
             images.to_grayscale(tmp_path / name)

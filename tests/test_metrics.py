@@ -126,3 +126,25 @@ def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
     assert "does not help" in metrics.mask_verdict(
         {"macro_f1": {"value": -0.02, "ci95": [-0.06, 0.01]}}, pd.DataFrame({"macro_f1": [-0.01, 0.0]})
     )
+
+
+def test_benchmark_verdict_names_the_profiles_candidate_and_the_spread():
+    import pandas as pd
+
+    from busi_utils import benchmark
+
+    table = pd.DataFrame(
+        {
+            "name": ["a", "b"],
+            "valid_dice_mean": [0.74, 0.72],
+            "valid_dice_sd": [0.01, 0.03],
+            "runs": [6, 6],
+            "s_per_epoch": [14.0, 10.0],
+            "recipe": ["arch=lite0,size=96", "arch=light,size=96"],
+        }
+    )
+    text = benchmark.verdict(table, {"arch": "light", "size": 96, "lr": 0.003})
+    assert "best mean: a 0.740" in text and "the profile trains b" in text and "rank 2 of 2" in text
+    assert "within one SD" in text  # a gap of 0.02 against an SD of 0.03
+    assert "beyond" in benchmark.verdict(table.assign(valid_dice_sd=[0.005, 0.005]), {"arch": "light", "size": 96})
+    assert "not among" in benchmark.verdict(table, {"arch": "light", "size": 128})

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from busi_utils import config, data, oof, preprocess, runfolder
+from busi_utils import config, data, files, oof, preprocess, runfolder
 from busi_utils import segmentation as seg
 from busi_utils.errors import LeakageError
 
@@ -20,7 +20,11 @@ def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):
     by = masks.merge(split[["image_id", "fold"]], on="image_id", suffixes=("", "_split"))
     train = by[by["split"] == "train"]
     assert (train["model"] == "unet_fold" + train["fold_split"].astype(str) + ".pt").all()
-    assert set(by.loc[by["split"] == "test", "model"]) == {"unet_final.pt"}
+    folds = seg.fold_numbers(split)
+    ensemble = oof.SEP.join(f"unet_fold{k}.pt" for k in folds)
+    assert set(by.loc[by["split"] == "test", "model"]) == {
+        ensemble
+    }  # every fold model, none of which saw the test split
     assert (
         set(masks.loc[masks["label"] == "normal", "split"]) <= {"train", "test"} and (masks["label"] == "normal").any()
     )
@@ -45,6 +49,48 @@ def test_a_replaced_model_file_is_caught(quick_paths):
         oof.check_leak_free(masks, split, quick_paths)
 
 
+def test_an_ensemble_member_that_saw_the_image_is_caught(quick_paths):
+    """The test masks' check covers every member: an ensemble mask of a training-pool image
+    (which all fold models but one trained on) is refused, naming a member that saw it."""
+    split = quick_paths.read_split()
+    masks = oof.read_mask_manifest(quick_paths)
+    test_row = masks[masks["split"] == "test"].iloc[0]
+    leaky = masks.copy()
+    victim = leaky.index[(leaky["split"] == "train") & (leaky["fold"] == 1)][0]
+    leaky.loc[victim, ["model", "model_train_hash"]] = [test_row["model"], test_row["model_train_hash"]]
+    with pytest.raises(LeakageError, match=r"comes from unet_fold\d\.pt, which trained on"):
+        oof.check_leak_free(leaky, split, quick_paths)
+    assert oof.check_leak_free(masks, split, quick_paths) == len(masks)  # the untouched manifest passes
+
+
+def test_a_replaced_ensemble_member_is_caught(quick_paths):
+    split = quick_paths.read_split()
+    masks = oof.read_mask_manifest(quick_paths).copy()
+    test = masks["split"] == "test"
+    hashes = masks.loc[test, "model_train_hash"].iloc[0].split(oof.SEP)
+    masks.loc[test, "model_train_hash"] = oof.SEP.join(hashes[:-1] + ["0" * 16])
+    with pytest.raises(LeakageError, match="replaced model"):
+        oof.check_leak_free(masks, split, quick_paths)
+
+
+def test_every_unet_comes_from_one_recipe(quick_paths):
+    """Notebook 02's U-Net is notebook 03's fold-0 model: the profile's recipe for every fold
+    (the same learning rate, epochs, augmentation and epoch rule), each fold its own seed and
+    its own training list. (That notebook 03 loads fold 0 rather than training it again is
+    proven by the resume test below.)"""
+    split = quick_paths.read_split()
+    recipe = config.load_profile("quick")["seg"]
+    folds = seg.fold_numbers(split)
+    for k in folds:
+        _, info = seg.load_segmenter(quick_paths.fold_unet(k))
+        train_ids, _ = seg.fold_ids(split, k)
+        assert info["recipe"] == recipe and info["seed"] == seg.fold_seed(42, k)
+        assert info["train_ids_hash"] == seg.ids_hash(train_ids)
+    assert files.read_json(quick_paths.stage1_summary)["recipe"] == recipe
+    summary = files.read_json(quick_paths.mask_summary)["folds"]
+    assert [r["fold"] for r in summary] == folds and all("trained_now" not in r for r in summary)
+
+
 def test_leak_through_a_duplicate_is_caught(quick_paths):
     """An image whose *duplicate* (not itself) was in the predictor's training list."""
     split = quick_paths.read_split()
@@ -65,7 +111,6 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     paths = runfolder.RunPaths.for_profile("quick", tmp_path / "run")
     for name in ("index.csv", "split_manifest.csv", "source.json"):
         shutil.copy(quick_paths.data / name, paths.data / name)
-    shutil.copy(quick_paths.models / "unet_final.pt", paths.models / "unet_final.pt")
     split = paths.read_split()
     recipe = config.load_profile("quick")["seg"]
     store = preprocess.ArrayStore(
@@ -81,20 +126,26 @@ def test_interrupted_run_resumes_and_trains_only_missing_folds(quick_paths, tmp_
     def kill_after_first(k):
         raise Killed
 
+    first = seg.train_fold(paths, store, split, recipe, 42, 0, show_progress=False)  # notebook 02's call
+    assert first.trained and len(calls) == 1
     with pytest.raises(Killed):
         oof.run_oof(paths, store, split, recipe, 42, progress=False, on_fold_done=kill_after_first)
-    assert len(calls) == 1
+    assert len(calls) == 1  # fold 0 came from notebook 02: loaded, not trained again
     masks, records = oof.run_oof(paths, store, split, recipe, 42, progress=False)
     n_folds = split.loc[split["split"] == "train", "fold"].nunique()
-    assert len(calls) == n_folds  # the finished fold was not trained again
-    assert [r["trained"] for r in records] == [False] + [True] * (n_folds - 1)
+    assert len(calls) == n_folds  # every U-Net was trained exactly once
+    assert [r["trained_now"] for r in records] == [False] + [True] * (n_folds - 1)
+    again, records_again = oof.run_oof(paths, store, split, recipe, 42, progress=False)
+    assert len(calls) == n_folds and not any(r["trained_now"] for r in records_again)
+    strip = [{k: v for k, v in r.items() if k != "trained_now"} for r in records]
+    assert strip == [{k: v for k, v in r.items() if k != "trained_now"} for r in records_again]  # same summary
     assert not list(paths.masks.rglob(".*tmp*"))  # no half-written file left
     oof.check_leak_free(masks, split, paths)
     # a changed recipe makes every stored fold mask stale: all folds are trained and predicted again
     changed = dict(recipe, epochs=recipe["epochs"] + 1)
     assert changed != recipe
     masks2, records2 = oof.run_oof(paths, store, split, changed, 42, progress=False)
-    assert len(calls) == 2 * n_folds and all(r["trained"] for r in records2)
+    assert len(calls) == 2 * n_folds and all(r["trained_now"] for r in records2)
     folds = masks2[masks2["split"] == "train"]
     assert set(folds["model_fingerprint"]).isdisjoint(masks.loc[masks["split"] == "train", "model_fingerprint"])
     oof.check_leak_free(masks2, split, paths)
@@ -110,8 +161,8 @@ def test_mask_quality_compares_the_same_images_seen_and_unseen(quick_paths):
     seen = table[table["kind"] == oof.IN_SAMPLE]
     unseen = table[table["kind"] == oof.OUT_OF_FOLD]
     assert list(seen["image_id"]) == list(unseen["image_id"]) and len(seen)
-    _, final = seg.load_segmenter(quick_paths.models / "unet_final.pt")
-    assert set(seen["image_id"]) <= set(final["train_ids"])  # in-sample means: the model trained on them
+    _, fold0 = seg.load_segmenter(quick_paths.fold_unet(0))
+    assert set(seen["image_id"]) <= set(fold0["train_ids"])  # in-sample means: the model trained on them
     test = table[table["kind"] == oof.TEST]
     assert set(test["image_id"]) == set(split.query("split == 'test' and label != 'normal'")["image_id"])
     assert table["dice"].between(0, 1).all()

@@ -49,3 +49,16 @@ def test_no_duplicate_group_in_two_splits_or_folds(real_groups):
         assert set(m.loc[m["cross_label"], "split"]) == {"excluded"}
         test = m[m["split"] == "test"]
         assert 0.17 < len(test) / (m["split"] != "excluded").sum() < 0.23
+
+
+def test_duplicate_groups_of_the_real_busi_are_pinned(real_groups):
+    """The audit on the real BUSI, pinned beyond the one byte-identical pair: how many groups of
+    copies, how many images they hold, how many cross two labels, and a few known near-duplicate
+    pairs (a change to the thresholds or the fingerprint shows up here first)."""
+    multi = real_groups[real_groups["group_size"] > 1]
+    assert multi["group"].nunique() == 149 and len(multi) == 337
+    assert multi.loc[multi["cross_label"], "group"].nunique() == 8
+    g = real_groups.set_index("image_id")["group"]
+    for a, b in [("benign (1)", "benign (318)"), ("benign (105)", "benign (156)"), ("benign (125)", "benign (126)")]:
+        assert g[a] == g[b], (a, b)
+    assert g["benign (2)"] != g["benign (3)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from busi_utils.errors import SchemaError
 
 ROOT = config.repo_root()
 RUN_FILE = re.compile(
-    r"(unet_final|unet_fold|classifier_summary|split_manifest|duplicate_groups|index\.csv|source\.json|manifest\.csv|"
+    r"(stage1_summary|unet_fold|classifier_summary|split_manifest|duplicate_groups|index\.csv|source\.json|manifest\.csv|"
     r"metrics\.json|timing\.json|recipe\.json|ood\.npz|\.onnx|test_uncertainty|external_report)"
 )
 
@@ -74,3 +75,27 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
             Path(tmp).write_text("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def _strict_json(path: Path):
+    def refuse(name):
+        raise ValueError(f"{path.name}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_the_course_writes_is_strict_json(quick_paths):
+    """jq, JavaScript and strict parsers refuse NaN / Infinity: the course writes null instead."""
+    found = sorted(p for p in quick_paths.root.rglob("*.json") if "notebooks" not in p.parts)
+    assert {p.name for p in found} >= {"metrics.json", "classifier_summary.json", "recipe.json", "source.json"}
+    for path in found:
+        _strict_json(path)
+
+
+def test_undefined_numbers_are_written_as_null(tmp_path):
+    import numpy as np
+
+    files.atomic_write_json(
+        tmp_path / "x.json", {"auc": float("nan"), "n": np.int64(3), "v": [np.float32(0.5), np.inf]}
+    )
+    assert _strict_json(tmp_path / "x.json") == {"auc": None, "n": 3, "v": [0.5, None]}

@@ -163,3 +163,46 @@ def test_model_fingerprint_changes_with_recipe_seed_and_training_list():
         )
         == 4
     )
+
+
+def test_fold_ids_train_outside_the_fold_and_watch_its_lesions(synthetic_split):
+    for k in seg.fold_numbers(synthetic_split):
+        train_ids, watched = seg.fold_ids(synthetic_split, k)
+        rows = synthetic_split.set_index("image_id")
+        assert set(rows.loc[train_ids, "fold"]) == set(seg.fold_numbers(synthetic_split)) - {k}
+        assert set(rows.loc[watched, "fold"]) == {k} and set(rows.loc[watched, "label"]) <= {"benign", "malignant"}
+        assert set(train_ids).isdisjoint(watched)
+        assert seg.fold_seed(42, k) != seg.fold_seed(42, k + 1)
+
+
+def test_ensemble_is_the_mean_of_its_members_and_the_graph_computes_it(synthetic_split, store64):
+    """predict_ensemble averages the members' own TTA predictions (each with its own
+    normalisation), and the exported SegmenterGraph computes the very same numbers."""
+    from busi_utils.export import SegmenterGraph
+
+    torch.manual_seed(0)
+    members = [
+        (
+            seg.build_segmenter("light", base=4, size=64, verbose=False).eval(),
+            {"stats": st, "recipe": {"tta_flip": True}},
+        )
+        for st in ((0.3, 0.2), (0.4, 0.25))
+    ]
+    imgs = np.stack([store64.image(i) for i in seg.lesion_train_ids(synthetic_split)[:3]])
+    each = [seg.predict_masks(m, info, imgs) for m, info in members]
+    mean = seg.predict_ensemble(members, imgs)
+    assert np.allclose(mean, (each[0] + each[1]) / 2, atol=1e-6)
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # two different members: the mean is not either one
+    graph = SegmenterGraph([m for m, _ in members], [i["stats"] for _, i in members], True, 64)
+    with torch.no_grad():
+        out = graph(torch.from_numpy(imgs.astype(np.float32) / 255)[:, None])[:, 0].numpy()
+    assert np.allclose(out, mean, atol=1e-5)
+
+
+def test_the_recipe_is_described_from_its_own_values():
+    text = seg.describe_recipe({"arch": "light", "size": 96, "epochs": 12, "lr": 0.003, "tta_flip": True})
+    assert "from scratch" in text and "96 px" in text and "12 epochs" in text and "mirror" in text
+    text = seg.describe_recipe(
+        {"arch": "lite0", "pretrained": True, "freeze_epochs": 1, "size": 128, "epochs": 11, "lr": 0.002}
+    )
+    assert "ImageNet" in text and "128 px" in text and "1 frozen + 11 epochs" in text and "mirror" not in text
