@@ -165,7 +165,7 @@ def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> st
     )
     other = best if mine["name"] != best["name"] else (ranked.iloc[1] if len(ranked) > 1 else None)
     if other is not None:
-        gap, spread = abs(best[mean] - other[mean]), max(best[sd], other[sd])
+        gap, spread = abs(mine[mean] - other[mean]), max(mine[sd], other[sd])
         lines.append(
             (f"gap to the best {gap:.3f}: " if other is best else f"ahead of {other['name']} by {gap:.3f}: ")
             + ("within" if gap <= spread else "beyond")

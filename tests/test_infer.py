@@ -238,7 +238,8 @@ def test_light_path_imports_neither_torch_nor_fastai(quick_paths, scan, tmp_path
 
 def test_missing_or_stale_export_falls_back_to_torch_with_a_notice(quick_paths, scan, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(quick_paths.root, run, ignore=shutil.ignore_patterns("notebooks", "masks", "preds"))
+    # the models, without the executed notebooks, the stored masks and the predictions
+    shutil.copytree(quick_paths.root, run, ignore=shutil.ignore_patterns("notebooks", "preds", "train", "test"))
     paths = runfolder.RunPaths(run)
     notices = []
     assert infer.Predictor(run, notice=notices.append).backend_name == "onnx" and not notices
