@@ -75,6 +75,49 @@ class MaskConfidence(Transform):
         return x
 
 
+class RandomMirror(Transform):
+    """Left-right mirror of a random half of a training batch, every channel alike (the plain
+    recipe's only geometric augmentation: no resampling, so no blur)."""
+
+    split_idx, order = 0, 40
+
+    def encodes(self, x: TensorImage):
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class ScanGamma(Transform):
+    """Random gamma (log-uniform in exp(+-``log_gamma``)), gain (1 +- ``gain``) and bias
+    (+- ``bias``) on the scan channels ``channels`` only, clamped to [0, 1]: what differs between
+    machines' and sonographers' settings. Training batches only."""
+
+    split_idx, order = 0, 50
+
+    def __init__(self, channels=(0,), log_gamma: float = 0.2, gain: float = 0.15, bias: float = 0.05):
+        super().__init__()
+        self.channels, self.log_gamma, self.gain, self.bias = tuple(channels), log_gamma, gain, bias
+
+    def encodes(self, x: TensorImage):
+        b = x.shape[0]
+
+        def draw(half_width: float) -> torch.Tensor:
+            return torch.empty(b, 1, 1, device=x.device).uniform_(-half_width, half_width)
+
+        gamma, gain, bias = torch.exp(draw(self.log_gamma)), 1 + draw(self.gain), draw(self.bias)
+        x = x.clone()
+        for c in self.channels:
+            x[:, c] = (x[:, c].clamp(0, 1) ** gamma * gain + bias).clamp(0, 1)
+        return x
+
+
+SCAN_KINDS = ("image", "crop")  # channels that hold ultrasound pixels (lighting applies); masks do not
+
+
+def mirror_and_gamma(kinds) -> list:
+    """The ``aug: scan`` recipe: mirror every channel, gamma/gain/bias on the scan channels."""
+    return [RandomMirror(), ScanGamma(channels=[k for k, kind in enumerate(kinds) if kind in SCAN_KINDS])]
+
+
 def ultrasound_segmentation(size: int) -> list:
     """Image + mask: geometry on both (fastai interpolates masks with nearest), lighting on the image."""
     return geometric(size, lighting=0.3)

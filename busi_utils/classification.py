@@ -1,18 +1,22 @@
-"""Stage 2, *what?*: a classifier that reads the image and the predicted lesion mask.
+"""Stage 2, *what?*: the classifiers' inputs and their one training recipe.
 
-Input: a 2-channel tensor, channel 1 the grayscale scan, channel 2 the lesion probability
-from stage 1 (out-of-fold masks for training-pool images, the fold-U-Net ensemble's masks for test
-images: :mod:`busi_utils.oof`). The ablation variants use the identical recipe:
+Inputs (:data:`CHANNELS`), all from the stored predicted masks (out-of-fold for training-pool
+images, the fold-U-Net ensemble's for test images: :mod:`busi_utils.oof`):
 
-===================  ===================================  ==============================
-variant              channels                             role
-===================  ===================================  ==============================
-``image_only``       image                                baseline
-``image+pred_mask``  image, predicted mask                the method
-``mask_only``        predicted mask                       how far shape alone goes
-``image+gt_mask``    image, ground-truth mask             leaky upper bound (a deployed
-                                                          system never has this mask)
-===================  ===================================  ==============================
+=======================  ===================================  ==============================
+input                    channels                             role
+=======================  ===================================  ==============================
+``image+pred_mask``      scan, predicted mask                 the whole-scan view (method)
+``lesion_crop``          a crop of the scan placed by the     the lesion view (method)
+                         predicted mask
+``image_only``           scan                                 baseline
+``image+gt_mask``        scan, ground-truth mask              leaky upper bound (a deployed
+                                                              system never has this mask)
+``mask_only``            predicted mask                       benchmarks only
+=======================  ===================================  ==============================
+
+The method's ensembles of these are :mod:`busi_utils.crossfit`; the decision fused from them,
+:mod:`busi_utils.fusion`.
 """
 
 from __future__ import annotations
@@ -26,28 +30,41 @@ import torch
 import torch.nn as nn
 
 from .config import CLASSES
-from .files import atomic_write_text
 from .images import resize_prob
 from .preprocess import ArrayStore
 from .runfolder import RunPaths
-from .training import Trained
 
-VARIANTS = ("image_only", "image+pred_mask", "mask_only", "image+gt_mask")
+VARIANTS = ("image_only", "image+pred_mask", "lesion_crop", "mask_only", "image+gt_mask")
 CHANNELS = {
     "image_only": ("image",),
     "image+pred_mask": ("image", "pred_mask"),
+    "lesion_crop": ("crop",),
     "mask_only": ("pred_mask",),
     "image+gt_mask": ("image", "gt_mask"),
 }
+CROP_SCALE = 2.2  # the crop's side is 2.2 times the longer side of the lesion's box (context around it)
+
+
+def crop_source_size(size: int) -> int:
+    """The scan resolution crops are cut from: twice the classifier's input, so a lesion a
+    quarter of the scan wide still fills the crop with real pixels, not upsampled ones."""
+    return 2 * int(size)
 
 
 def build_inputs(
-    variant: str, ids: Sequence[str], images: ArrayStore, pred_masks: dict[str, np.ndarray] | None, size: int
+    variant: str,
+    ids: Sequence[str],
+    images: ArrayStore,
+    pred_masks: dict[str, np.ndarray] | None,
+    size: int,
+    crop_images: ArrayStore | None = None,
 ) -> np.ndarray:
     """(N, C, S, S) float32 in [0, 1]: the channels of ``variant`` for each image id.
 
     ``pred_masks`` maps image id to its stored predicted mask (leakage-safe; see oof). The
-    ground-truth channel is used only by the variant that says so in its name.
+    ground-truth channel is used only by the variant that says so in its name. ``crop``: the
+    lesion-centred view placed by the predicted mask (:func:`busi_utils.shape.lesion_crop`), cut
+    from ``crop_images`` (the scans at :func:`crop_source_size`).
     """
     out = np.zeros((len(ids), len(CHANNELS[variant]), size, size), dtype=np.float32)
     for n, i in enumerate(ids):
@@ -56,6 +73,10 @@ def build_inputs(
                 out[n, c] = images.image(i) / 255.0
             elif kind == "pred_mask":
                 out[n, c] = resize_prob(pred_masks[i], size)
+            elif kind == "crop":
+                from .shape import lesion_crop
+
+                out[n, c] = lesion_crop(crop_images.image(i) / np.float32(255.0), pred_masks[i], size, CROP_SCALE)
             else:
                 out[n, c] = images.mask(i)
     return out
@@ -75,10 +96,12 @@ def cls_dataloaders(
     seed: int,
     kinds: Sequence[str] | None = None,
     mask_aug: bool = False,
+    aug: str = "fastai",
 ):
     """fastai DataLoaders over in-memory multi-channel arrays. ``kinds`` names the channels
     (default: image, then predicted mask) so that lighting touches only the scan and
-    ``mask_aug`` only predicted masks. ``balance='sampler'`` draws batches with class-balanced
+    ``mask_aug`` only predicted masks. ``aug``: ``"fastai"`` (``aug_transforms``: flips, small
+    rotations and zooms, lighting) or ``"scan"`` (mirror, and gamma/gain/bias on the scan only). ``balance='sampler'`` draws batches with class-balanced
     probabilities (fastai's weighted dataloader)."""
     from fastai.vision.all import Categorize, Datasets, Normalize, TensorImage
 
@@ -93,13 +116,11 @@ def cls_dataloaders(
         ],
         splits=[list(range(n_train)), list(range(n_train, len(xs)))],
     )
-    from .augment import ultrasound_multichannel
+    from .augment import mirror_and_gamma, ultrasound_multichannel
 
     kinds = list(kinds or CHANNELS["image+pred_mask"][: x_train.shape[1]])
-    after = [
-        *ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug),
-        Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False),
-    ]
+    augs = mirror_and_gamma(kinds) if aug == "scan" else ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug)
+    after = [*augs, Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
     if balance == "sampler":
         import fastai.callback.data  # noqa: F401  (patches Datasets.weighted_dataloaders in)
 
@@ -114,12 +135,36 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return x.mean(axis=(0, 2, 3)).tolist(), (x.std(axis=(0, 2, 3)) + 1e-6).tolist()
 
 
+def input_stats(x: np.ndarray, norm: str = "data") -> tuple[list[float], list[float]]:
+    """The normalisation of a recipe: ``"data"`` (per-channel training statistics) or ``"half"``
+    ((x - 0.5) / 0.5 on every channel: the range the ImageNet weights of Lite0 were trained on)."""
+    if norm == "half":
+        return [0.5] * x.shape[1], [0.5] * x.shape[1]
+    return channel_stats(x)
+
+
 # --------------------------------------------------------------------------- model and training
 
 
-def build_classifier(arch: str, n_in: int, pretrained: bool | None = None, verbose: bool = False) -> nn.Module:
-    """``Sequential(body, head)`` with ``n_in`` input channels and fastai's head (concat pooling,
-    BatchNorm, dropout, two linear layers), as fastai's ``create_vision_model`` builds it.
+def linear_head(n_features: int, dropout: float) -> nn.Module:
+    """Average pooling, dropout and one linear layer: the plain head of timm and of most
+    papers. Fewer new weights than fastai's two-layer head for a few hundred training images."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(n_features, len(CLASSES))
+    )
+
+
+def build_classifier(
+    arch: str,
+    n_in: int,
+    pretrained: bool | None = None,
+    verbose: bool = False,
+    head: str = "fastai",
+    dropout: float = 0.3,
+) -> nn.Module:
+    """``Sequential(body, head)`` with ``n_in`` input channels; ``head="fastai"``: fastai's head
+    (concat pooling, BatchNorm, dropout, two linear layers) as ``create_vision_model`` builds it;
+    ``head="linear"``: :func:`linear_head` (lite0 only).
 
     ``lite0``: EfficientNet-Lite0 with ImageNet weights from the pinned package unless
     ``pretrained=False`` (first convolution adapted by timm's rule: :mod:`busi_utils.pretrained`).
@@ -141,9 +186,11 @@ def build_classifier(arch: str, n_in: int, pretrained: bool | None = None, verbo
                 )
             )
         body = create_lite0(n_in, use, num_classes=0, global_pool="")
-        head = create_head(body.num_features, len(CLASSES))
-        apply_init(head, nn.init.kaiming_normal_)
-        return nn.Sequential(body, head)
+        if head == "linear":
+            return nn.Sequential(body, linear_head(body.num_features, dropout))
+        fastai_head = create_head(body.num_features, len(CLASSES))
+        apply_init(fastai_head, nn.init.kaiming_normal_)
+        return nn.Sequential(body, fastai_head)
     import torchvision
     from fastai.vision.learner import create_vision_model
 
@@ -181,9 +228,12 @@ def train_classifier(
     show_progress: bool = True,
     kinds: Sequence[str] | None = None,
 ):
-    """Train with fastai (one-cycle, or ``fine_tune`` from ImageNet weights; seeded); keep the
-    epoch with the best validation macro-F1 (fold 0, never test). ``kinds`` names the input
-    channels (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
+    """Train with fastai (one-cycle, or ``fine_tune`` from ImageNet weights; seeded). ``keep``
+    in the recipe: ``"best"`` keeps the epoch with the best validation macro-F1, ``"last"`` (a
+    fixed schedule) the last epoch, the validation fold only watched. Recipe keys beyond the
+    rates: ``head`` / ``dropout`` (:func:`build_classifier`), ``label_smoothing``, ``aug``
+    (:func:`cls_dataloaders`), ``norm`` (:func:`input_stats`). ``kinds`` names the input channels
+    (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
     from fastai.callback.tracker import SaveModelCallback
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
@@ -195,7 +245,7 @@ def train_classifier(
 
     set_seed(seed, reproducible=True)
     balance = balance or recipe.get("balance", "weighted_loss")
-    stats = channel_stats(x_train)
+    stats = input_stats(x_train, recipe.get("norm", "data"))
     dls = cls_dataloaders(
         x_train,
         y_train,
@@ -207,16 +257,23 @@ def train_classifier(
         seed,
         kinds,
         bool(recipe.get("mask_aug")),
+        recipe.get("aug", "fastai"),
     )
     weight = class_weights(y_train) if balance == "weighted_loss" else None
     model = build_classifier(
-        recipe["arch"], x_train.shape[1], pretrained=recipe.get("pretrained"), verbose=show_progress
+        recipe["arch"],
+        x_train.shape[1],
+        pretrained=recipe.get("pretrained"),
+        verbose=show_progress,
+        head=recipe.get("head", "fastai"),
+        dropout=float(recipe.get("dropout", 0.3)),
     )
+    keep_best = recipe.get("keep", "best") == "best"
     with training.temporary_folder("busi-cls-") as tmp:
         learn = Learner(
             dls,
             model,
-            loss_func=CrossEntropyLossFlat(weight=weight),
+            loss_func=CrossEntropyLossFlat(weight=weight, label_smoothing=float(recipe.get("label_smoothing", 0.0))),
             metrics=[accuracy, F1Score(average="macro")],
             path=tmp,
             model_dir=".",
@@ -228,7 +285,7 @@ def train_classifier(
             learn,
             recipe,
             recipe["lr"],
-            [SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)],
+            [SaveModelCallback(monitor="f1_score", comp=np.greater, fname="best", with_opt=False)] if keep_best else [],
         )
     info = {
         "recipe": dict(recipe),
@@ -239,9 +296,15 @@ def train_classifier(
         "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
         "best_epoch": int(history["f1_score"].idxmax()),
+        "kept_epoch": int(history["f1_score"].idxmax()) if keep_best else int(len(history) - 1),
         "vocab": list(CLASSES),
     }
     return learn.model.eval(), history, info
+
+
+def predict_tta(model: nn.Module, x: np.ndarray, stats) -> np.ndarray:
+    """Mean probabilities of the scan and its mirror image (the members' prediction)."""
+    return (predict_proba(model, x, stats) + predict_proba(model, x, stats, flip=True)) / 2
 
 
 @torch.no_grad()
@@ -269,7 +332,10 @@ def load_classifier(path: Path) -> tuple[nn.Module, dict]:
     from .files import load_checkpoint
 
     state, info = load_checkpoint(path)
-    model = build_classifier(info["recipe"]["arch"], info["n_in"], pretrained=False)  # weights follow
+    r = info["recipe"]
+    model = build_classifier(  # the weights follow
+        r["arch"], info["n_in"], pretrained=False, head=r.get("head", "fastai"), dropout=float(r.get("dropout", 0.3))
+    )
     model.load_state_dict(state)
     return model.eval(), info
 
@@ -284,12 +350,6 @@ def probs_frame(ids: Sequence[str], labels: Sequence[str], probs: np.ndarray) ->
 
 def variant_file(variant: str) -> str:
     return variant.replace("+", "_plus_")
-
-
-def variant_stem(variant: str, balance: str, seed: int | None = None) -> str:
-    """File stem of a trained variant: ``seed`` is named only for the extra seeds of the seed
-    study (the run's own seed keeps the plain name that the Predictor reads)."""
-    return f"{variant_file(variant)}_{balance}" + (f"_seed{seed}" if seed is not None else "")
 
 
 def masks_hash(pred_masks: dict[str, np.ndarray] | None) -> str:
@@ -308,20 +368,36 @@ class VariantData:
     """Everything a variant trains and is tested on, built once per notebook run."""
 
     def __init__(
-        self, paths: RunPaths, split: pd.DataFrame, images: ArrayStore, pred_masks: dict[str, np.ndarray], size: int
+        self,
+        paths: RunPaths,
+        split: pd.DataFrame,
+        images: ArrayStore,
+        pred_masks: dict[str, np.ndarray],
+        size: int,
+        crop_images: ArrayStore | None = None,
     ):
         self.paths, self.split, self.images, self.pred_masks, self.size = paths, split, images, pred_masks, size
-        pool = split[split["split"] == "train"]
-        self.train = pool[pool["fold"] != 0]
-        self.valid = pool[pool["fold"] == 0]
+        self.crop_images = crop_images
+        self.pool = split[split["split"] == "train"]
+        self.train = self.pool[self.pool["fold"] != 0]
+        self.valid = self.pool[self.pool["fold"] == 0]
         self.test = split[split["split"] == "test"]
         self.masks_hash = masks_hash(pred_masks)
 
+    def inputs(self, variant: str, rows: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """The inputs of ``variant`` and the labels of ``rows`` (a part of the split table)."""
+        x = build_inputs(variant, rows["image_id"].tolist(), self.images, self.pred_masks, self.size, self.crop_images)
+        return x, rows["label"].astype(str).tolist()
+
     def arrays(self, variant: str, part: str) -> tuple[np.ndarray, list[str]]:
-        rows = getattr(self, part)
-        return build_inputs(variant, rows["image_id"].tolist(), self.images, self.pred_masks, self.size), rows[
-            "label"
-        ].astype(str).tolist()
+        """``part``: ``train`` (folds 1..K-1), ``valid`` (fold 0), ``test`` or ``pool``."""
+        return self.inputs(variant, getattr(self, part))
+
+    def fold_arrays(self, variant: str, fold: int):
+        """``((x, y) outside fold k, (x, y) of fold k)`` of the training pool: one cross-fitted member's data."""
+        return self.inputs(variant, self.pool[self.pool["fold"] != fold]), self.inputs(
+            variant, self.pool[self.pool["fold"] == fold]
+        )
 
 
 def load_variant_data(
@@ -335,88 +411,14 @@ def load_variant_data(
     manifest = oof.read_mask_manifest(paths)
     oof.check_leak_free(manifest, split, paths)  # refuse to train on masks that leak
     images = ArrayStore(resized_arrays(index, size, progress=progress))
+    crops = ArrayStore(resized_arrays(index, crop_source_size(size), progress=progress))
     used = split[split["split"].isin(["train", "test"])]["image_id"].tolist()
-    return VariantData(paths, split, images, dict(zip(used, oof.load_masks(paths, manifest, used))), size)
+    return VariantData(paths, split, images, dict(zip(used, oof.load_masks(paths, manifest, used))), size, crops)
 
 
-def classifier_path(paths: RunPaths, variant: str, balance: str, seed: int | None = None) -> Path:
-    """Where a trained variant is saved (``seed`` only for the seed study's repeats)."""
-    return paths.classifier(variant_stem(variant, balance, seed))
-
-
-def get_or_train_variant(
-    vd: VariantData,
-    variant: str,
-    recipe: dict,
-    seed: int,
-    balance: str,
-    show_progress: bool = True,
-    extra_seed: bool = False,
-) -> Trained:
-    """Train (or load, when this run folder has it with the same recipe) one variant; save
-    the model and its validation and test probabilities. ``extra_seed``: a repeat with another
-    seed (seed study), saved under its own name."""
-    tag = seed if extra_seed else None
-    stem = variant_stem(variant, balance, tag)
-    path = classifier_path(vd.paths, variant, balance, tag)
-    hist_path = RunPaths.history(path)
-    if path.exists() and hist_path.exists():
-        model, info = load_classifier(path)
-        if (
-            info["recipe"] == dict(recipe)
-            and info["seed"] == seed
-            and info["balance"] == balance
-            and info.get("masks_hash") == vd.masks_hash
-        ):
-            return Trained(model, info, pd.read_csv(hist_path), False)
-    x_tr, y_tr = vd.arrays(variant, "train")
-    x_va, y_va = vd.arrays(variant, "valid")
-    model, history, info = train_classifier(
-        x_tr, y_tr, x_va, y_va, recipe, seed, balance=balance, show_progress=show_progress, kinds=CHANNELS[variant]
-    )
-    info["variant"] = variant
-    info["masks_hash"] = vd.masks_hash
-    info["train_ids"] = sorted(vd.train["image_id"])
-    for part in ("valid", "test"):
-        x, y = vd.arrays(variant, part)
-        frame = probs_frame(getattr(vd, part)["image_id"], y, predict_proba(model, x, info["stats"]))
-        atomic_write_text(vd.paths.probabilities(stem, part), frame.to_csv(index=False))
-    atomic_write_text(hist_path, history.to_csv(index=False))
-    save_classifier(path, model, info)  # the model last: its presence means "done"
-    return Trained(model, info, history, True)
-
-
-def read_probs(paths: RunPaths, variant: str, balance: str, part: str, seed: int | None = None) -> pd.DataFrame:
-    """Saved probabilities of a variant on ``part`` (valid / test); ``seed`` for the seed study's repeats."""
-    return pd.read_csv(paths.probabilities(variant_stem(variant, balance, seed), part), keep_default_na=False)
-
-
-def seed_study(
-    vd: VariantData,
-    recipe: dict,
-    balance: str,
-    run_seed: int,
-    seeds,
-    variants=("image_only", "image+pred_mask"),
-    show_progress: bool = False,
-) -> pd.DataFrame:
-    """Test metrics of ``variants`` trained with the run's seed and with each extra seed (same
-    recipe, data and masks; only the seed differs): how much of a difference between two
-    variants is seed noise. Extra seeds are trained once and resumed afterwards."""
-    from .metrics import classification_metrics
-
-    rows = []
-    for s in [run_seed, *[x for x in seeds if x != run_seed]]:
-        extra = s != run_seed
-        for v in variants:
-            if extra:
-                get_or_train_variant(vd, v, recipe, s, balance, show_progress, extra_seed=True)
-            p = read_probs(vd.paths, v, balance, "test", s if extra else None)
-            m = classification_metrics(p["label"], p[[f"p_{c}" for c in CLASSES]].to_numpy())
-            rows.append(
-                {"seed": s, "variant": v, **{k: m[k] for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")}}
-            )
-    return pd.DataFrame(rows)
+def read_probs_file(path: Path) -> pd.DataFrame:
+    """A saved probabilities table (``image_id, label, p_<class>..., pred``)."""
+    return pd.read_csv(path, keep_default_na=False)
 
 
 def random_split_experiment(

@@ -31,10 +31,10 @@ from .config import CLASSES
 from .files import atomic_path, atomic_write_json, file_sha256, read_json
 from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, validate
 
-ENTROPY_QUANTILE = 0.8  # refer the 20 % most uncertain validation cases' worth of entropy
+CUTOFF_ACCURACY = 0.9  # "clear answer": held-out cases at or below the entropy cutoff were right 9 times in 10
 OOD_QUANTILE = 0.99  # per view: flag inputs farther from the training scans than 99 % of validation scans
 OPSET = 17
-FINALISE_VERSION = 2  # bump when calibrate() computes something new: older entries are then redone
+FINALISE_VERSION = 3  # bump when calibrate() computes something new: older entries are then redone
 
 
 def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
@@ -86,14 +86,17 @@ class SegmenterGraph(nn.Module):
 
 
 class ClassifierGraph(nn.Module):
-    """A classifier's test-time-augmented prediction: mean softmax over ``n_views`` views
-    (identity, mirror, then seeded zoom-and-shift crops, all channels alike), plus the pooled
-    features of the first view. The Predictor, notebook 05, the external evaluation and the
-    ONNX export all run this one module."""
+    """One view's test-time-augmented ensemble prediction: for each member, the mean softmax over
+    ``n_views`` views (identity, mirror, then seeded zoom-and-shift crops, all channels alike);
+    then the mean over members; plus the pooled features of the first member's identity view
+    (for the out-of-distribution distance). The Predictor, notebook 05, the external evaluation
+    and the ONNX export all run this one module. The members share one normalisation."""
 
-    def __init__(self, classifier: nn.Module, stats, n_views: int, size: int, seed: int = 0):
+    def __init__(self, classifiers, stats, n_views: int, size: int, seed: int = 0):
         super().__init__()
-        self.body, self.head = classifier[0].eval(), classifier[1].eval()
+        members = list(classifiers) if isinstance(classifiers, (list, tuple)) else [classifiers]
+        self.bodies = nn.ModuleList([m[0].eval() for m in members])
+        self.heads = nn.ModuleList([m[1].eval() for m in members])
         self.register_buffer("mean", torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1))
         self.n_views, self.size, self.stats = int(n_views), int(size), stats
@@ -101,34 +104,48 @@ class ClassifierGraph(nn.Module):
         self.grids = [affine_grid(*theta, shape) for theta in tta_thetas(n_views, seed)]  # constants in the export
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.body((x - self.mean) / self.std)
-        probs = torch.softmax(self.head(feats), dim=1)
-        views = ([x.flip(-1)] if self.n_views > 1 else []) + [sample_view(x, g) for g in self.grids]
-        for v in views:
-            probs = probs + torch.softmax(self.head(self.body((v - self.mean) / self.std)), dim=1)
-        return probs / (1 + len(views)), feats.mean(dim=(2, 3))
+        views = [x] + ([x.flip(-1)] if self.n_views > 1 else []) + [sample_view(x, g) for g in self.grids]
+        views = [(v - self.mean) / self.std for v in views]
+        probs, feats = torch.zeros(len(x), len(CLASSES)), None
+        for body, head in zip(self.bodies, self.heads):
+            for v in views:
+                f = body(v)
+                if feats is None:
+                    feats = f.mean(dim=(2, 3))
+                probs = probs + torch.softmax(head(f), dim=1)
+        return probs / (len(views) * len(self.bodies)), feats
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features of the identity view only (what the density is fitted on)."""
-        return self.body((x - self.mean) / self.std).mean(dim=(2, 3))
+        """Pooled features of the first member's identity view only (what the density is fitted on)."""
+        return self.bodies[0]((x - self.mean) / self.std).mean(dim=(2, 3))
 
 
-def load_graphs(paths: RunPaths, tta_views: int | None = None) -> tuple[SegmenterGraph, ClassifierGraph, dict]:
-    """The run's fold-U-Net ensemble and method classifier as inference graphs, and the summary
-    (``tta_views`` defaults to the number fixed when the run was finalised)."""
-    from . import classification as cls
+def view_graph(members: list[tuple], n_views: int) -> ClassifierGraph:
+    """The inference graph of one view's members ``[(model, info), ...]``."""
+    stats = members[0][1]["stats"]
+    if any(info["stats"] != stats for _, info in members):
+        raise ValueError("the members of one view must share one normalisation")
+    return ClassifierGraph([m for m, _ in members], stats, n_views, int(members[0][1]["recipe"]["size"]))
+
+
+def load_graphs(paths: RunPaths, tta_views: int | None = None) -> tuple[SegmenterGraph, dict, dict]:
+    """The run's fold-U-Net ensemble, each stage-2 view's member ensemble as inference graphs
+    (``{view: ClassifierGraph}``), and the classifier summary (``tta_views`` defaults to the
+    number fixed when the run was finalised)."""
+    from . import crossfit
     from . import segmentation as seg
 
     summary = read_json(paths.classifier_summary) or {}
     members = seg.load_ensemble(paths)
-    model, info = cls.load_classifier(paths.models / summary["method_model"])
     n_views = int(tta_views or summary.get("finalised", {}).get("tta_views", 2))
     first = members[0][1]["recipe"]
     seg_graph = SegmenterGraph(
         [m for m, _ in members], [i["stats"] for _, i in members], bool(first.get("tta_flip")), int(first["size"])
     )
-    cls_graph = ClassifierGraph(model, info["stats"], n_views, int(info["recipe"]["size"]))
-    return seg_graph, cls_graph, summary
+    graphs = {
+        view: view_graph(crossfit.load_members(paths, view, summary["members"]), n_views) for view in summary["views"]
+    }
+    return seg_graph, graphs, summary
 
 
 @torch.no_grad()
@@ -144,19 +161,48 @@ def classify_batch(graph: ClassifierGraph, x: np.ndarray, bs: int = 32, features
     return np.concatenate([p for p, _ in out]), np.concatenate([f for _, f in out])
 
 
+def model_files(paths: RunPaths, summary: dict) -> list[Path]:
+    """Every classifier file the method's answer depends on (each view's members)."""
+    from . import crossfit
+
+    return [crossfit.member_path(paths, v, k) for v in summary["views"] for k in summary["members"]]
+
+
+def models_fingerprint(paths: RunPaths, summary: dict) -> str:
+    """One SHA-256 over the members' files and the fusion: what the calibration belongs to."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(summary["fusion"], sort_keys=True).encode())
+    for f in model_files(paths, summary):
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
 def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
-    """Temperature, entropy cutoff and the out-of-distribution density, from the method's
-    training and validation inputs only; saved into ``classifier_summary.json`` under
-    ``finalised`` and to ``exports/ood.npz``. Returns the ``finalised`` entry."""
+    """Temperature and referral cutoff from the fused out-of-fold probabilities of the training
+    pool (every part fitted without the image it scores: :func:`busi_utils.fusion.cross_validated`),
+    and the out-of-distribution density from the training and validation inputs; saved into
+    ``classifier_summary.json`` under ``finalised`` and to ``exports/ood.npz``. The test split
+    stays untouched. Returns the ``finalised`` entry."""
+    from . import crossfit, fusion
     from .metrics import classification_metrics
 
-    _, graph, summary = load_graphs(paths, tta_views)
-    x_valid, y_valid = vd.arrays("image+pred_mask", "valid")
-    x_train, _ = vd.arrays("image+pred_mask", "train")
-    p_valid, f_valid = classify_batch(graph, x_valid)
-    f_train = classify_batch(graph, x_train, features_only=True)
-    temperature = uncertainty.fit_temperature(y_valid, p_valid)
-    calibrated = uncertainty.apply_temperature(p_valid, temperature)
+    _, graphs, summary = load_graphs(paths, tta_views)
+    oof = crossfit.oof_table(vd, summary["views"], summary["members"])
+    views = {v: crossfit.view_matrix(oof, v) for v in summary["views"]}
+    y = np.array([CLASSES.index(c) for c in oof["label"]])
+    cv = fusion.cross_validated(
+        summary["fusion"]["kind"], y, oof["fold"].to_numpy(), views[fusion.SCAN_VIEW],
+        views.get(fusion.CROP_VIEW, views[fusion.SCAN_VIEW]), oof["conf"].to_numpy(),
+    )  # fmt: skip
+    temperature = uncertainty.fit_temperature(oof["label"], cv)
+    calibrated = uncertainty.apply_temperature(cv, temperature)
+    earned = uncertainty.earned_cutoff(oof["label"], calibrated, CUTOFF_ACCURACY)
+    graph = graphs[fusion.SCAN_VIEW]
+    x_valid, _ = vd.arrays(fusion.SCAN_VIEW, "valid")
+    x_train, _ = vd.arrays(fusion.SCAN_VIEW, "train")
+    f_valid, f_train = (classify_batch(graph, x, features_only=True) for x in (x_valid, x_train))
     ood = uncertainty.fit_ood(
         {"features": f_train, "scan": uncertainty.scan_statistics(x_train[:, 0])},
         {"features": f_valid, "scan": uncertainty.scan_statistics(x_valid[:, 0])},
@@ -166,14 +212,16 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
         "version": FINALISE_VERSION,
         "tta_views": int(tta_views),
         "temperature": temperature,
-        "entropy_cutoff": float(np.quantile(uncertainty.entropy(calibrated), ENTROPY_QUANTILE)),
-        "entropy_quantile": ENTROPY_QUANTILE,
+        "entropy_cutoff": earned["cutoff"],
+        "cutoff_accuracy": earned["accuracy"],
+        "clear_share": earned["share"],
+        "cutoff_target": CUTOFF_ACCURACY,
         "ood_quantile": OOD_QUANTILE,
         "ood_thresholds": {v: float(ood[f"{v}_threshold"]) for v in uncertainty.OOD_VIEWS},
-        "valid_accuracy_tta": classification_metrics(y_valid, calibrated)["accuracy"],
-        "n_train": len(x_train),
-        "n_valid": len(x_valid),
-        "classifier_sha256": file_sha256(paths.models / summary["method_model"]),  # what these numbers belong to
+        "oof_accuracy": classification_metrics(oof["label"], calibrated)["accuracy"],
+        "oof_macro_f1": classification_metrics(oof["label"], calibrated)["macro_f1"],
+        "n_oof": len(oof),
+        "models_sha256": models_fingerprint(paths, summary),  # what these numbers belong to
     }
     with atomic_path(paths.ood_npz) as tmp:
         with open(tmp, "wb") as fh:
@@ -184,21 +232,29 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
 
 
 def export_onnx(paths: RunPaths) -> dict:
-    """Write ``unet.onnx``, ``classifier.onnx`` and ``recipe.json`` (last, atomically: its
-    presence means a complete export). Needs :func:`calibrate` first. Returns the recipe."""
+    """Write ``unet.onnx``, one ``<view>.onnx`` per stage-2 view and ``recipe.json`` (last,
+    atomically: its presence means a complete export). Needs :func:`calibrate` first."""
     from . import segmentation as seg
 
-    seg_graph, cls_graph, summary = load_graphs(paths)
+    seg_graph, graphs, summary = load_graphs(paths)
     fin = summary["finalised"]
     start = time.perf_counter()
     _export(seg_graph, torch.zeros(1, 1, seg_graph.size, seg_graph.size), paths.unet_onnx, ["mask_prob"])
-    _export(
-        cls_graph,
-        torch.zeros(1, 2, cls_graph.size, cls_graph.size),
-        paths.classifier_onnx,
-        ["probabilities", "features"],
-    )
-    method = paths.models / summary["method_model"]
+    views = {}
+    for view, graph in graphs.items():
+        target = paths.view_onnx(view)
+        _export(
+            graph, torch.zeros(1, len(graph.stats[0]), graph.size, graph.size), target, ["probabilities", "features"]
+        )
+        views[view] = {
+            "file": target.name,
+            "size": graph.size,
+            "channels": len(graph.stats[0]),
+            "members": [
+                {"source": f.name, "fingerprint": file_sha256(f)}
+                for f in model_files(paths, {**summary, "views": [view]})
+            ],
+        }
     recipe = validate(
         {
             "classes": list(CLASSES),
@@ -209,18 +265,12 @@ def export_onnx(paths: RunPaths) -> dict:
                 "threshold": 0.5,
                 "members": [{"source": p.name, "fingerprint": file_sha256(p)} for p in seg.ensemble_files(paths)],
             },
-            "classifier": {
-                "file": paths.classifier_onnx.name,
-                "size": cls_graph.size,
-                "mean": list(cls_graph.stats[0]),
-                "std": list(cls_graph.stats[1]),
-                "tta_views": cls_graph.n_views,
-                "fingerprint": file_sha256(method),
-                "source": method.name,
-                "inputs": ["image", "pred_mask"],
-            },
+            "views": views,
+            "tta_views": int(fin["tta_views"]),
+            "fusion": summary["fusion"],
             "temperature": fin["temperature"],
             "entropy_cutoff": fin["entropy_cutoff"],
+            "cutoff_accuracy": fin["cutoff_accuracy"],
             "ood": {"file": paths.ood_npz.name, "views": list(uncertainty.OOD_VIEWS), "quantile": fin["ood_quantile"]},
             "mask_storage": "uint8",  # the predicted mask is rounded to 8 bits before the classifier, as in training
             "opset": OPSET,
@@ -250,15 +300,14 @@ def _export(graph: nn.Module, example: torch.Tensor, path: Path, outputs: list[s
 
 def finalise_run(paths: RunPaths, vd, tta_views: int) -> tuple[dict, dict, bool]:
     """Calibrate and export (notebook 04), or resume: nothing is redone when the calibration and
-    the export were made from the current model files with the same TTA views. Returns
-    ``(finalised, recipe, done_now)``."""
+    the export were made from the current member files and fusion with the same TTA views.
+    Returns ``(finalised, recipe, done_now)``."""
     from .infer import export_status
 
     summary = read_json(paths.classifier_summary) or {}
     finalised = summary.get("finalised", {})
     recipe, _ = export_status(paths)
-    method_sha = file_sha256(paths.models / summary["method_model"])
-    wanted = {"version": FINALISE_VERSION, "tta_views": tta_views, "classifier_sha256": method_sha}
+    wanted = {"version": FINALISE_VERSION, "tta_views": tta_views, "models_sha256": models_fingerprint(paths, summary)}
     if recipe and all(finalised.get(k) == v for k, v in wanted.items()):
         return finalised, recipe, False
     finalised = calibrate(paths, vd, tta_views)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import DISCLAIMER, uncertainty
+from . import DISCLAIMER, fusion, shape, uncertainty
 from .config import CLASSES
 from .errors import InputError, RunFolderError
 from .files import atomic_path, file_sha256, read_json
@@ -47,6 +47,9 @@ class Prediction:
     image: np.ndarray = field(repr=False, default=None)
     ood_score: float | None = None  # distance to the training scans over its threshold; above 1: unfamiliar
     out_of_distribution: bool = False
+    lesion_view: np.ndarray | None = field(repr=False, default=None)  # the crop the lesion-view classifier read, [0, 1]
+    lesion_confidence: float | None = None  # the segmenter's highest pixel probability: "a lesion was found"
+    evidence: list[dict] | None = None  # shape.describe(): name, value, text, meaning per shape descriptor
 
     @property
     def mask(self) -> np.ndarray:
@@ -71,6 +74,8 @@ class Prediction:
             "reliable": self.reliable,
             "ood_score": None if self.ood_score is None else round(self.ood_score, 3),
             "lesion_area_fraction": round(float(self.mask.mean()), 4),
+            "lesion_confidence": None if self.lesion_confidence is None else round(self.lesion_confidence, 4),
+            "shape_evidence": [e["text"] for e in self.evidence or []],
             "threshold": self.threshold,
             "disclaimer": DISCLAIMER,
         }
@@ -88,18 +93,18 @@ class _OnnxBackend:
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads  # 0: all cores; 1 when images run in parallel threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between images
-        self.seg = ort.InferenceSession(
-            str(paths.exports / recipe["segmenter"]["file"]), opts, providers=["CPUExecutionProvider"]
-        )
-        self.cls = ort.InferenceSession(
-            str(paths.exports / recipe["classifier"]["file"]), opts, providers=["CPUExecutionProvider"]
-        )
+
+        def session(file: str):
+            return ort.InferenceSession(str(paths.exports / file), opts, providers=["CPUExecutionProvider"])
+
+        self.seg = session(recipe["segmenter"]["file"])
+        self.views = {view: session(v["file"]) for view, v in recipe["views"].items()}
 
     def segment(self, x: np.ndarray) -> np.ndarray:
         return self.seg.run(None, {"input": x})[0]
 
-    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, feats = self.cls.run(None, {"input": x})
+    def classify(self, view: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, feats = self.views[view].run(None, {"input": x})
         return probs, feats
 
 
@@ -117,15 +122,15 @@ class _TorchBackend:
         from .export import load_graphs
 
         self.torch = torch
-        self.seg_graph, self.cls_graph, self.summary = load_graphs(paths)
+        self.seg_graph, self.graphs, self.summary = load_graphs(paths)
 
     def segment(self, x: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
             return self.seg_graph(self.torch.from_numpy(x)).numpy()
 
-    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, view: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.torch.no_grad():
-            probs, feats = self.cls_graph(self.torch.from_numpy(x))
+            probs, feats = self.graphs[view](self.torch.from_numpy(x))
         return probs.numpy(), feats.numpy()
 
 
@@ -135,15 +140,17 @@ def export_status(paths: RunPaths) -> tuple[dict | None, str]:
     recipe = read_json(paths.export_recipe)
     if recipe is None:
         return None, f"no ONNX export in {paths.exports} (notebook 04 writes it)"
+    if "views" not in recipe:
+        return None, "the ONNX export predates the two-view classifier ensembles (re-run notebook 04)"
     summary = read_json(paths.classifier_summary) or {}
-    method = paths.models / summary.get("method_model", recipe["classifier"]["source"])
-    sources = [(paths.segmenter(m["source"]), m["fingerprint"]) for m in recipe["segmenter"].get("members", [])]
-    if not sources:
-        return None, "the ONNX export predates the fold-ensemble segmenter (re-run notebook 04)"
-    sources.append((method, recipe["classifier"]["fingerprint"]))
-    for stage in ("segmenter", "classifier"):
-        if not (paths.exports / recipe[stage]["file"]).exists():
-            return None, f"{paths.exports / recipe[stage]['file']} is missing"
+    if summary.get("fusion") != recipe.get("fusion"):
+        return None, "the ONNX export is stale: the fusion changed after it was exported (re-run notebook 04)"
+    sources = [(paths.segmenter(m["source"]), m["fingerprint"]) for m in recipe["segmenter"]["members"]]
+    sources += [(paths.models / m["source"], m["fingerprint"]) for v in recipe["views"].values() for m in v["members"]]
+    files = [recipe["segmenter"]["file"], *[v["file"] for v in recipe["views"].values()]]
+    for file in files:
+        if not (paths.exports / file).exists():
+            return None, f"{paths.exports / file} is missing"
     for model_file, fingerprint in sources:
         if model_file.exists() and file_sha256(model_file) != fingerprint:
             return (
@@ -177,25 +184,24 @@ class Predictor:
             raise RunFolderError(f"{paths.export_recipe}: cannot use the ONNX backend: {why}")
         if recipe is not None:
             self.backend = _OnnxBackend(paths, recipe, threads)
-            fin = {
-                "tta_views": recipe["classifier"]["tta_views"],
-                "temperature": recipe["temperature"],
-                "entropy_cutoff": recipe["entropy_cutoff"],
-            }
-            self.seg_size, self.cls_size = recipe["segmenter"]["size"], recipe["classifier"]["size"]
+            fin, self.fusion = recipe, recipe["fusion"]
+            self.seg_size = recipe["segmenter"]["size"]
+            self.cls_size = recipe["views"][fusion.SCAN_VIEW]["size"]
+            self.views = list(recipe["views"])
             ood_file = paths.exports / recipe["ood"]["file"]
         else:
             if backend == "auto" and notice is not None:
                 notice(f"note: {why}; using the torch models (slower start)")
-            if summary is None or not (paths.models / summary["method_model"]).exists():
+            if summary is None or "finalised" not in summary or "fusion" not in summary:
                 raise RunFolderError(f"{paths.classifier_summary}: missing or incomplete; run notebook 04")
             self.backend = _TorchBackend(paths)
-            fin = summary.get("finalised", {})
-            self.seg_size, self.cls_size = self.backend.seg_graph.size, self.backend.cls_graph.size
+            fin, self.fusion = summary["finalised"], summary["fusion"]
+            self.seg_size, self.cls_size = self.backend.seg_graph.size, self.backend.graphs[fusion.SCAN_VIEW].size
+            self.views = list(self.backend.graphs)
             ood_file = paths.ood_npz
-        self.tta = int(fin.get("tta_views", 2))
         self.temperature = float(fin.get("temperature", 1.0))
         self.entropy_cutoff = float(fin.get("entropy_cutoff", np.log(len(CLASSES)) / 2))
+        self.cutoff_accuracy = fin.get("cutoff_accuracy")
         self.ood = uncertainty.load_ood(ood_file)  # None for a run finalised without the check
 
     @property
@@ -203,21 +209,30 @@ class Predictor:
         return self.backend.name
 
     def predict(self, image, threshold: float = 0.5) -> Prediction:
-        """Any image (path, bytes, PIL image or array): mask, calibrated probabilities, entropy,
-        referral flag and out-of-distribution flag."""
+        """Any image (path, bytes, PIL image or array): mask, fused and calibrated probabilities,
+        entropy, referral flag, out-of-distribution flag, and the evidence (lesion view, the
+        segmenter's confidence, shape descriptors)."""
         gray = to_grayscale(image)
         small = resize_pair(gray, None, self.seg_size)[0]
         prob = self.backend.segment((small.astype(np.float32) / 255.0)[None, None])[0, 0]
         prob = prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
         scan = resize_pair(gray, None, self.cls_size)[0] / np.float32(255.0)
         x = np.stack([scan, resize_prob(prob, self.cls_size)])[None].astype(np.float32)
-        raw, feats = self.backend.classify(x)
-        probs = uncertainty.apply_temperature(raw, self.temperature)[0]
+        view_probs, feats = {}, None
+        view_probs[fusion.SCAN_VIEW], feats = self.backend.classify(fusion.SCAN_VIEW, x)
+        crop = None
+        if fusion.CROP_VIEW in self.views:
+            source = resize_pair(gray, None, 2 * self.cls_size)[0] / np.float32(255.0)
+            crop = shape.lesion_crop(source, prob, self.cls_size)
+            view_probs[fusion.CROP_VIEW] = self.backend.classify(fusion.CROP_VIEW, crop[None, None])[0]
+        conf = float(prob.max())
+        probs = fusion.decide(self.fusion, view_probs, np.array([conf]), self.temperature)[0]
         ent = float(uncertainty.entropy(probs[None])[0])
         views = {"features": feats, "scan": uncertainty.scan_statistics(x[:, 0])}
         score = float(uncertainty.ood_score(views, self.ood)[0]) if self.ood is not None else None
         full = np.asarray(Image.fromarray(prob).resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
         p = {c: float(probs[k]) for k, c in enumerate(CLASSES)}
+        features = shape.shape_features(prob, aspect=gray.shape[0] / gray.shape[1])
         return Prediction(
             full,
             p,
@@ -228,6 +243,9 @@ class Predictor:
             gray,
             score,
             bool(score is not None and score > 1),
+            crop,
+            conf,
+            shape.describe(features),
         )
 
 

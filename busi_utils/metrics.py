@@ -29,31 +29,82 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def _labels_to_idx(labels: Sequence[str]) -> np.ndarray:
-    return np.array([CLASSES.index(str(label)) for label in labels])
+    return np.array([CLASSES.index(str(label)) for label in labels], dtype=int)
+
+
+def _pair_score(probs: np.ndarray, neg: int, pos: int) -> np.ndarray:
+    """``P(pos) / (P(neg) + P(pos))``: the two classes' probabilities renormalised (0.5 where both are 0)."""
+    num, den = probs[:, pos], probs[:, neg] + probs[:, pos]
+    return np.divide(num, den, out=np.full(len(probs), 0.5), where=den > 0)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Binary ROC AUC as the Mann-Whitney statistic (ties count a half): the value of sklearn's
+    ``roc_auc_score``, without its input checks, which dominate the time of a bootstrap.
+    Needs both a positive and a negative case."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((rankdata(score)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1, per-class precision/recall/F1, malignant sensitivity and
-    specificity (malignant vs the rest), one-vs-rest macro ROC AUC."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
+    specificity (malignant vs the rest), ROC AUC, and two lesion scores.
 
+    Only what the sample defines is returned; an undefined score is **left out**, never
+    ``nan`` or a made-up 0 (external sets often have no normal images):
+
+    * ``macro_f1`` averages F1 over the classes *present in the truth*: a class absent from
+      the truth has no recall to average. With all three present (BUSI) it is the usual macro-F1.
+    * ``{c}_precision`` is always there (predictions of ``c`` can exist; 0 when ``c`` is never
+      predicted); ``{c}_recall`` and ``{c}_f1`` only when ``c`` is present in the truth.
+      ``malignant_recall`` needs malignant images, ``malignant_specificity`` non-malignant ones.
+    * ``auc_ovr``: one-vs-rest macro ROC AUC when all classes are present; with exactly two
+      present, the AUC of those two, scored by their renormalised probabilities (on a set
+      without normals: benign vs malignant); absent with fewer than two classes.
+    * ``benign_malignant_auc``: ROC AUC of malignant vs benign among the images whose truth is
+      benign or malignant, scored by ``P(malignant) / (P(benign) + P(malignant))``; needs both.
+    * ``lesions_called_normal``: share of the benign + malignant images predicted normal
+      (argmax): lesions the classifier would send home; needs lesion images.
+    """
     y = _labels_to_idx(labels)
-    pred = np.asarray(probs).argmax(1)
-    out = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(CLASSES)), zero_division=0)),
-    }
-    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=range(len(CLASSES)), zero_division=0)
+    probs = np.asarray(probs, dtype=float)
+    pred = probs.argmax(1)
+    counts = np.bincount(y, minlength=len(CLASSES))
+    present = [k for k in range(len(CLASSES)) if counts[k]]
+    if not present:
+        return {}
+    n = len(CLASSES)  # as sklearn's precision_recall_fscore_support(labels=range(n), zero_division=0)
+    tp = np.bincount(y[pred == y], minlength=n).astype(float)
+    said = np.bincount(pred, minlength=n)
+    p, r = _ratio(tp, said), _ratio(tp, counts)
+    f = _ratio(2 * tp, said + counts)
+    out = {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f[present]))}
     for k, c in enumerate(CLASSES):
-        out[f"{c}_precision"], out[f"{c}_recall"], out[f"{c}_f1"] = float(p[k]), float(r[k]), float(f[k])
-    mal = CLASSES.index("malignant")
+        out[f"{c}_precision"] = float(p[k])
+        if counts[k]:
+            out[f"{c}_recall"], out[f"{c}_f1"] = float(r[k]), float(f[k])
+    mal, ben, nor = (CLASSES.index(c) for c in ("malignant", "benign", "normal"))
     is_mal, said_mal = y == mal, pred == mal
-    out["malignant_recall"] = float((said_mal & is_mal).sum() / max(is_mal.sum(), 1))
-    out["malignant_specificity"] = float((~said_mal & ~is_mal).sum() / max((~is_mal).sum(), 1))
-    try:
-        out["auc_ovr"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=range(len(CLASSES))))
-    except ValueError:  # a class missing from this sample
-        out["auc_ovr"] = float("nan")
+    if (~is_mal).any():
+        out["malignant_specificity"] = float((~said_mal & ~is_mal).sum() / (~is_mal).sum())
+    if len(present) > 2:  # sklearn's multi_class="ovr", average="macro", without its sum-to-1 check
+        out["auc_ovr"] = float(np.mean([_auc(y == k, probs[:, k]) for k in present]))
+    elif len(present) == 2:
+        neg, pos = present
+        out["auc_ovr"] = _auc(y == pos, _pair_score(probs, neg, pos))
+    if counts[ben] and counts[mal]:
+        lesion = (y == ben) | is_mal
+        out["benign_malignant_auc"] = _auc(is_mal[lesion], _pair_score(probs[lesion], ben, mal))
+    lesion = y != nor
+    if lesion.any():
+        out["lesions_called_normal"] = float((pred[lesion] == nor).mean())
     return out
 
 
@@ -69,6 +120,16 @@ def resample_indices(rng: np.random.Generator, n: int, groups: Sequence | None =
     return np.concatenate([members[k] for k in picks])
 
 
+def _percentile_ci(values, alpha: float = 0.05) -> list:
+    """``[low, high]`` percentile interval of the finite ``values`` (resamples where a score is
+    undefined, e.g. a class drawn zero times, are left out); ``[None, None]`` when none is finite."""
+    vals = np.asarray(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return [None, None]
+    return [float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))]
+
+
 def bootstrap_ci(
     stat: Callable[[np.ndarray], float],
     n: int,
@@ -78,11 +139,12 @@ def bootstrap_ci(
     groups: Sequence | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(indices)`` over ``n`` cases resampled with
-    replacement (images, or whole ``groups`` such as patients)."""
+    replacement (images, or whole ``groups`` such as patients). Resamples where ``stat`` is
+    ``nan`` are left out; ``(nan, nan)`` if every one is."""
     rng = np.random.default_rng(seed)
-    vals = np.array([stat(resample_indices(rng, n, groups)) for _ in range(n_boot)], dtype=float)
-    vals = vals[~np.isnan(vals)]
-    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+    vals = [stat(resample_indices(rng, n, groups)) for _ in range(n_boot)]
+    lo, hi = _percentile_ci(vals, alpha)
+    return (float("nan"), float("nan")) if lo is None else (lo, hi)
 
 
 def classification_with_ci(
@@ -94,27 +156,23 @@ def classification_with_ci(
     groups: Sequence | None = None,
 ) -> dict[str, dict]:
     """``{key: {"value", "ci95"}}`` for the chosen headline metrics; every bootstrap resample
-    computes all keys at once (percentile intervals; images, or whole ``groups``, as the unit)."""
+    computes all keys at once (percentile intervals; images, or whole ``groups``, as the unit).
+
+    Only the ``keys`` that :func:`classification_metrics` defines on the full sample are returned
+    (e.g. no ``benign_malignant_auc`` on a set without malignant images). A resample in which a
+    key is undefined (a class drawn zero times) is left out of that key's interval; ``ci95`` is
+    ``[None, None]`` in the unlikely case that no resample defines it."""
     labels = np.asarray([str(x) for x in labels])
     probs = np.asarray(probs)
     point = classification_metrics(labels, probs)
+    keys = [k for k in keys if k in point]
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
+    draws = np.full((n_boot, len(keys)), np.nan)
+    for b in range(n_boot):
         idx = resample_indices(rng, len(labels), groups)
         m = classification_metrics(labels[idx], probs[idx])
-        draws.append([m[k] for k in keys])
-    draws = np.array(draws, dtype=float)
-    out = {}
-    for j, key in enumerate(keys):
-        col = draws[:, j][~np.isnan(draws[:, j])]
-        out[key] = {
-            "value": point[key],
-            "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))]
-            if len(col)
-            else [float("nan")] * 2,
-        }
-    return out
+        draws[b] = [m.get(k, np.nan) for k in keys]
+    return {key: {"value": point[key], "ci95": _percentile_ci(draws[:, j])} for j, key in enumerate(keys)}
 
 
 def paired_bootstrap_diff(
@@ -128,24 +186,31 @@ def paired_bootstrap_diff(
     """Difference ``a - b`` of two models scored on the *same* images, with a paired percentile
     bootstrap 95% interval: each resample draws one set of images and scores both models on it,
     so the image-to-image difficulty that both share cancels out. Also ``p_a_better``, the share
-    of resamples in which ``a`` is ahead. ``{key: {"value", "ci95", "p_a_better"}}``."""
+    of resamples in which ``a`` is ahead. ``{key: {"value", "ci95", "p_a_better"}}``, for the
+    ``keys`` defined on the full sample; resamples where a key is undefined are left out of it
+    (as in :func:`classification_with_ci`)."""
     labels = np.asarray([str(x) for x in labels])
     probs_a, probs_b = np.asarray(probs_a), np.asarray(probs_b)
 
-    def diff(idx: np.ndarray) -> np.ndarray:
+    def diff(idx: np.ndarray, keys: Sequence[str]) -> np.ndarray:
         ma, mb = classification_metrics(labels[idx], probs_a[idx]), classification_metrics(labels[idx], probs_b[idx])
-        return np.array([ma[k] - mb[k] for k in keys], dtype=float)
+        return np.array([ma[k] - mb[k] if k in ma and k in mb else np.nan for k in keys], dtype=float)
 
-    point = diff(np.arange(len(labels)))
+    full = np.arange(len(labels))
+    point = diff(full, keys)
+    keys = [k for k, v in zip(keys, point) if np.isfinite(v)]
+    point = point[np.isfinite(point)]
     rng = np.random.default_rng(seed)
-    draws = np.array([diff(rng.integers(0, len(labels), len(labels))) for _ in range(n_boot)])
+    draws = np.array([diff(rng.integers(0, len(labels), len(labels)), keys) for _ in range(n_boot)]).reshape(
+        n_boot, len(keys)
+    )
     out = {}
     for j, key in enumerate(keys):
-        col = draws[:, j][~np.isnan(draws[:, j])]
+        col = draws[:, j][np.isfinite(draws[:, j])]
         out[key] = {
             "value": float(point[j]),
-            "ci95": [float(np.quantile(col, 0.025)), float(np.quantile(col, 0.975))],
-            "p_a_better": float((col > 0).mean()),
+            "ci95": _percentile_ci(col),
+            "p_a_better": float((col > 0).mean()) if len(col) else None,
         }
     return out
 
@@ -156,7 +221,7 @@ def seed_differences(study: pd.DataFrame, a: str, b: str, keys: Sequence[str]) -
     return pd.DataFrame({k: wide[(k, a)] - wide[(k, b)] for k in keys})
 
 
-def mask_verdict(paired: dict, per_seed: pd.DataFrame, key: str = "macro_f1") -> str:
+def mask_verdict(paired: dict, per_seed: pd.DataFrame, key: str = "macro_f1", unit: str = "seed") -> str:
     """A plain sentence on whether the method beats image-only on ``key``: shown (paired interval
     above zero and ahead for every seed), ahead but not shown (interval includes zero or a seed
     disagrees), or not ahead."""
@@ -164,10 +229,10 @@ def mask_verdict(paired: dict, per_seed: pd.DataFrame, key: str = "macro_f1") ->
     mean = float(per_seed[key].mean())
     name = key.replace("_", "-")
     if lo > 0 and (per_seed[key] > 0).all():
-        return f"The predicted mask helps: the method is ahead on {name} on the test images (interval above zero) and for every seed."
+        return f"The predicted mask helps: the method is ahead on {name} on the test images (interval above zero) and for every {unit}."
     if mean > 0 and paired[key]["value"] > 0:
         return (
-            f"The method is ahead on {name} on average, but the paired interval includes zero or a seed disagrees: "
+            f"The method is ahead on {name} on average, but the paired interval includes zero or a {unit} disagrees: "
             "the mask's benefit is not shown beyond doubt on a test split of this size."
         )
     return f"The predicted mask does not help on {name} here: the method is not ahead of image-only."

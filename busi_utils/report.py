@@ -19,26 +19,32 @@ from .files import atomic_write_json, read_json
 from .runfolder import CLASSIFIER_SUMMARY_SCHEMA, METRICS_SCHEMA, RunPaths, validate
 
 KEYS = ["accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"]
+LESION_KEYS = ["benign_malignant_auc", "lesions_called_normal"]  # defined on sets without normals too
 PAIRED_KEYS = ["accuracy", "macro_f1", "malignant_recall", "auc_ovr"]
 P = [f"p_{c}" for c in CLASSES]
 
 
 def write_classifier_summary(
     paths: RunPaths,
-    balance: str,
-    balance_comparison: Mapping,
     recipe: Mapping,
-    method_model: str,
-    ablation: pd.DataFrame,
+    ensemble: Mapping,
+    fusion_params: Mapping,
+    fusion_comparison: pd.DataFrame,
+    validation: pd.DataFrame,
+    shape_alone: Mapping | None = None,
 ) -> dict:
-    """Notebook 04's choices: the imbalance remedy, the method's model file, the validation ablation."""
-    previous = read_json(paths.classifier_summary) or {}  # keeps "finalised": its classifier_sha256 says whose it is
+    """Notebook 04's choices: the recipe, the views and members of the method, the fused
+    decision (fitted on out-of-fold probabilities) and the out-of-fold scores it was chosen on."""
+    previous = read_json(paths.classifier_summary) or {}  # keeps "finalised": its models_sha256 says whose it is
     summary = {
-        "balance": balance,
-        "balance_comparison": dict(balance_comparison),
+        "balance": recipe.get("balance", "weighted_loss"),
         "recipe": dict(recipe),
-        "method_model": method_model,
-        "validation": ablation.reset_index().to_dict("records"),
+        "views": list(ensemble["views"]),
+        "members": [int(k) for k in ensemble["members"]],
+        "fusion": dict(fusion_params),
+        "fusion_comparison": fusion_comparison.reset_index().to_dict("records"),
+        "validation": validation.reset_index().to_dict("records"),
+        "shape_alone": dict(shape_alone or {}),
     }
     if "finalised" in previous:
         summary["finalised"] = previous["finalised"]
@@ -67,27 +73,29 @@ def segmentation_block(lesion: pd.DataFrame, normal_fp_area: np.ndarray, n_boot:
 
 
 def scores_with_ci(labels: Sequence[str], probs: np.ndarray, n_boot: int, seed: int, groups=None) -> dict:
-    """The headline metrics and their bootstrap 95% intervals, flat (``{k: value, k_ci95: [lo, hi]}``);
-    ``groups`` resamples patients instead of images. BUSI test (05) and external sets (07) alike."""
-    m = metrics.classification_with_ci(labels, probs, KEYS, n_boot=n_boot, seed=seed, groups=groups)
-    return {**{k: m[k]["value"] for k in KEYS}, **{f"{k}_ci95": m[k]["ci95"] for k in KEYS}}
+    """The headline metrics (:data:`KEYS`, then :data:`LESION_KEYS`) and their bootstrap 95% intervals,
+    flat (``{k: value, k_ci95: [lo, hi]}``); ``groups`` resamples patients instead of images. BUSI test
+    (05) and external sets (07) alike. A key the sample does not define (e.g. ``benign_malignant_auc``
+    without malignant images) is left out, as in :func:`metrics.classification_metrics`."""
+    m = metrics.classification_with_ci(labels, probs, KEYS + LESION_KEYS, n_boot=n_boot, seed=seed, groups=groups)
+    return {**{k: m[k]["value"] for k in m}, **{f"{k}_ci95": m[k]["ci95"] for k in m}}
+
+
+def _value_ci(value: float, ci: Sequence) -> str:
+    return f"{value:.3f}" if None in ci else f"{value:.3f} ({ci[0]:.2f}-{ci[1]:.2f})"
 
 
 def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
     """Per variant: headline metrics with bootstrap intervals and per-class scores; and the
-    table a reader sees ("value (low-high)")."""
+    table a reader sees ("value (low-high)"; only the scores the test split defines)."""
     block, rows = {}, []
     for v, df in test_probs.items():
         scores = scores_with_ci(df["label"], df[P].to_numpy(), n_boot, seed)
         full = metrics.classification_metrics(df["label"], df[P].to_numpy())
-        per_class = {k: full[k] for k in full if k.split("_")[0] in CLASSES and k not in KEYS}
+        skip = KEYS + LESION_KEYS
+        per_class = {k: full[k] for k in full if k.split("_")[0] in CLASSES and k not in skip}
         block[v] = {**scores, "per_class": per_class}
-        rows.append(
-            {
-                "variant": v,
-                **{k: f"{scores[k]:.3f} ({scores[k + '_ci95'][0]:.2f}-{scores[k + '_ci95'][1]:.2f})" for k in KEYS},
-            }
-        )
+        rows.append({"variant": v, **{k: _value_ci(scores[k], scores[k + "_ci95"]) for k in skip if k in scores}})
     return block, pd.DataFrame(rows).set_index("variant")
 
 

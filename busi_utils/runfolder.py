@@ -9,9 +9,10 @@ before they are written, so a reader finds the whole contract here::
       data/      index.csv, source.json, duplicate_groups.csv, split_manifest.csv  (01)
       masks/     unet_fold0.pt (+ .history.csv), stage1_summary.json                (02)
       masks/     unet_fold<k>.pt, <split>/<image_id>.png, manifest.csv, summary.json (03)
-      models/    classifier_<variant>_<balance>[_seed<s>].pt, classifier_summary.json (04)
-      preds/     <variant>_<balance>[_seed<s>]_{valid,test}.csv                     (04, 05)
-      exports/   unet.onnx, classifier.onnx, ood.npz, recipe.json                   (04)
+      models/    classifier_<view>_fold<k>.pt (the cross-fitted members), classifier_summary.json (04)
+      models/    classifier_<variant>_<balance>.pt (fold-0 ablation variants)        (05)
+      preds/     <view>_fold<k>_{oof,test}.csv, <variant>_<balance>_{valid,test}.csv (04, 05)
+      exports/   unet.onnx, <view>.onnx, ood.npz, recipe.json                        (04)
       figures/   plots of notebook 05 (the cpu profile writes the README's to figures/)
       metrics.json, timing.json                                                      (05, runner)
       external_report.json                                                            (07)
@@ -66,7 +67,11 @@ class RunPaths:
     # 04: stage 2 and the export
     classifier_summary = property(lambda self: self.models / "classifier_summary.json")
     unet_onnx = property(lambda self: self.exports / "unet.onnx")
-    classifier_onnx = property(lambda self: self.exports / "classifier.onnx")
+
+    def view_onnx(self, view: str) -> Path:
+        """The exported ensemble of one stage-2 view (``image+pred_mask`` -> ``image_plus_pred_mask.onnx``)."""
+        return self.exports / f"{view.replace('+', '_plus_')}.onnx"
+
     ood_npz = property(lambda self: self.exports / "ood.npz")
     export_recipe = property(lambda self: self.exports / "recipe.json")
     # 05, 07 and the runner
@@ -149,7 +154,7 @@ METRICS_SCHEMA = _obj(
         "classification": _obj(
             {
                 v: {**_SCORES, "required": _SCORES["required"] + ["macro_f1_ci95"]}
-                for v in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask")
+                for v in ("method", "image+pred_mask", "lesion_crop", "image_only", "shape_alone", "image+gt_mask")
             }
         ),
         "mask_worth": _obj(
@@ -183,13 +188,21 @@ METRICS_SCHEMA = _obj(
     additionalProperties=True,
 )
 
+_MEMBERS = {
+    "type": "array",
+    "minItems": 1,
+    "items": _obj({"source": {"type": "string"}, "fingerprint": {"type": "string"}}),
+}
+
 CLASSIFIER_SUMMARY_SCHEMA = _obj(
     {
         "balance": {"type": "string", "enum": ["weighted_loss", "sampler"]},
-        "method_model": {"type": "string"},
         "recipe": {"type": "object"},
+        "views": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "members": {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+        "fusion": _obj({"kind": {"type": "string"}}),
+        "fusion_comparison": {"type": "array"},
         "validation": {"type": "array"},
-        "balance_comparison": {"type": "object"},
     }
 )
 
@@ -202,25 +215,26 @@ EXPORT_RECIPE_SCHEMA = _obj(
                 "size": {"type": "integer"},
                 "flip_tta": {"type": "boolean"},
                 "threshold": _NUM,
-                "members": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": _obj({"source": {"type": "string"}, "fingerprint": {"type": "string"}}),
-                },
+                "members": _MEMBERS,
             }
         ),
-        "classifier": _obj(
-            {
-                "file": {"type": "string"},
-                "size": {"type": "integer"},
-                "mean": {"type": "array"},
-                "std": {"type": "array"},
-                "tta_views": {"type": "integer"},
-                "fingerprint": {"type": "string"},
-            }
-        ),
+        "views": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": _obj(
+                {
+                    "file": {"type": "string"},
+                    "size": {"type": "integer"},
+                    "channels": {"type": "integer"},
+                    "members": _MEMBERS,
+                }
+            ),
+        },
+        "tta_views": {"type": "integer"},
+        "fusion": _obj({"kind": {"type": "string"}}),
         "temperature": _NUM,
         "entropy_cutoff": _NUM,
+        "cutoff_accuracy": _NUM,
         "ood": _obj({"file": {"type": "string"}, "views": {"type": "array"}, "quantile": _NUM}),
     }
 )

@@ -66,6 +66,9 @@ def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.Dat
             div=5.0,
             cbs=cbs,
         )
+    elif recipe.get("pretrained") and recipe.get("lr_mult"):  # no frozen phase, discriminative rates
+        rates = slice(lr / float(recipe["lr_mult"]), lr)
+        learn.fit_one_cycle(int(recipe["epochs"]), rates, pct_start=float(recipe.get("pct_start", 0.25)), cbs=cbs)
     else:
         learn.fit_one_cycle(int(recipe["epochs"]), lr, cbs=cbs)
     rows += [("all", v) for v in learn.recorder.values]
@@ -92,3 +95,4 @@ def quiet(learn) -> None:
     from fastai.callback.progress import ProgressCallback
 
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
+    learn.logger = lambda *args, **kwargs: None  # without the bar, fastai would print each epoch's row

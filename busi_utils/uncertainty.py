@@ -61,6 +61,25 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(1)
 
 
+def earned_cutoff(
+    labels: Sequence[str], probs: np.ndarray, target: float = 0.9, min_share: float = 0.1
+) -> dict[str, float]:
+    """The referral cutoff on entropy that earns the word "clear": the largest cutoff at which
+    the held-out cases at or below it were right at least ``target`` of the time. When even
+    the clearest ``min_share`` of cases miss the target, the cutoff keeps that share (and says
+    how right they were). Returns ``{cutoff, accuracy, share}`` of the cases below it."""
+    y = _labels_to_idx(labels)
+    h = entropy(probs)
+    order = np.argsort(h, kind="stable")
+    right = (np.asarray(probs).argmax(1) == y)[order].astype(float)
+    accuracy = np.cumsum(right) / np.arange(1, len(y) + 1)
+    floor = max(int(np.ceil(min_share * len(y))) - 1, 0)
+    ok = np.flatnonzero(accuracy >= target)
+    ok = ok[ok >= floor]
+    k = int(ok.max()) if len(ok) else floor
+    return {"cutoff": float(h[order][k]), "accuracy": float(accuracy[k]), "share": float((k + 1) / len(y))}
+
+
 def fit_feature_density(features: np.ndarray) -> dict[str, np.ndarray]:
     """Mean and shrunk inverse covariance of training features (N, D).
 

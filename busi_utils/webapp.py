@@ -111,7 +111,8 @@ HTMLInputElement.prototype.click = function () {
 
 def upload_and_read(driver, image: Path, timeout: float = 180) -> dict:
     """Upload ``image`` through the page's file input and wait for the verdict; return the
-    label, the probabilities shown, the warnings and whether the disclaimer is on the page."""
+    label, the probabilities shown, the warnings, whether the disclaimer is on the page and the
+    shape evidence listed (each line's text, without its meaning)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -130,12 +131,14 @@ def upload_and_read(driver, image: Path, timeout: float = 180) -> dict:
     errors = driver.find_elements(By.CSS_SELECTOR, ".busi-error")
     probs = {e.get_attribute("data-class"): float(e.text) for e in driver.find_elements(By.CSS_SELECTOR, ".busi-prob")}
     labels = driver.find_elements(By.CSS_SELECTOR, ".busi-label")
+    evidence = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".busi-evidence .busi-evidence-text")]
     return {
         "label": labels[0].text if labels else None,
         "probabilities": probs,
         "error": errors[0].text if errors else None,
         "out_of_distribution": bool(driver.find_elements(By.CSS_SELECTOR, ".busi-ood")),
-        "disclaimer": "Research and teaching only" in driver.page_source,
+        "disclaimer": "research and teaching only" in driver.page_source.lower(),
+        "evidence": evidence,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,19 +20,67 @@ from PIL import Image
 
 from . import DISCLAIMER
 from .config import CLASSES
+from .images import prob_to_uint8
 from .infer import InputError, Prediction, Predictor
 from .viz import PALETTE
 
 
 def _png(arr: np.ndarray) -> bytes:
+    """An 8-bit array (gray or RGB) as PNG bytes."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _verdict_html(p: Prediction, predictor: Predictor) -> str:
-    """Label, probabilities (one element per class, read by the browser test), referral and
-    out-of-distribution warnings, as HTML."""
+def disclaimer_html(text: str = DISCLAIMER) -> str:
+    """The banner: ``text`` once, its first sentence in bold ("For research and teaching only."
+    is shown as "Research and teaching only.")."""
+    head, _, rest = text.partition(". ")
+    head = re.sub(r"^for\s+", "", head.rstrip("."), flags=re.IGNORECASE)
+    head = head[:1].upper() + head[1:]
+    return (
+        "<div class='busi-disclaimer' style='background:#fff3cd;padding:6px;border:1px solid #e0c060'>"
+        f"<b>{html.escape(head)}.</b> {html.escape(rest)}</div>"
+    )
+
+
+def referral_html(entropy: float, cutoff: float, accuracy: float | None = None) -> str:
+    """Clear answer or refer to a human, with the numbers that decide it, and one sentence on entropy.
+    ``accuracy``: held-out accuracy of the cases at or below the cutoff (left out when None)."""
+    if entropy <= cutoff:
+        held_out = (
+            "" if accuracy is None else f"; on held-out scans, answers this clear were right {accuracy:.0%} of the time"
+        )
+        flag = f"<span class='busi-referral'>clear answer (entropy {entropy:.3f} ≤ cutoff {cutoff:.3f} nats{held_out})</span>"
+    else:
+        flag = (
+            "<span class='busi-referral' style='color:#c00'><b>uncertain: refer to a human</b> "
+            f"(entropy {entropy:.3f} &gt; cutoff {cutoff:.3f} nats)</span>"
+        )
+    explain = (
+        "<div style='font-size:smaller;color:#666'>Entropy measures how spread out the three probabilities are: "
+        f"0 = certain, ln 3 ≈ {np.log(len(CLASSES)):.2f} = all three classes equally likely.</div>"
+    )
+    return flag + explain
+
+
+def evidence_html(evidence: list[dict] | None) -> str:
+    """The shape descriptors of the outlined lesion, each text with its meaning in small grey
+    type (items of class ``busi-evidence``); '' when there are none."""
+    if not evidence:
+        return ""
+    items = "".join(
+        f"<li class='busi-evidence'><span class='busi-evidence-text'>{html.escape(str(e['text']))}</span>"
+        f"<div style='font-size:smaller;color:#666'>{html.escape(str(e.get('meaning', '')))}</div></li>"
+        for e in evidence
+    )
+    return f"<b>Shape of the outlined lesion (reading aids, not diagnostic criteria)</b><ul>{items}</ul>"
+
+
+def verdict_html(p: Prediction, predictor) -> str:
+    """Label, probabilities (one element per class, read by the browser test), referral,
+    out-of-distribution warning and the shape evidence, as HTML. ``predictor`` needs only
+    ``entropy_cutoff`` (and optionally ``cutoff_accuracy``)."""
     ood = (
         "<div class='busi-ood' style='background:#fdd;border:2px solid #c00;padding:6px'><b>Not like the training scans.</b> "
         f"This input is farther from the breast-ultrasound scans the models learned from than 99% of validation "
@@ -42,15 +91,21 @@ def _verdict_html(p: Prediction, predictor: Predictor) -> str:
     rows = "".join(
         f"<tr><td>{c}</td><td class='busi-prob' data-class='{c}'>{p.probabilities[c]:.4f}</td></tr>" for c in CLASSES
     )
-    flag = (
-        "<span style='color:#c00'><b>uncertain</b>: entropy above the referral cutoff; a human should look</span>"
-        if p.uncertain
-        else "confident (entropy below the referral cutoff)"
+    referral = referral_html(p.entropy, predictor.entropy_cutoff, getattr(predictor, "cutoff_accuracy", None))
+    found = (
+        ""
+        if p.lesion_confidence is None
+        else f"<br>segmenter's highest pixel probability {p.lesion_confidence:.2f} (how sure it is that a lesion is there)"
     )
     return (
-        f"{ood}<h3 class='busi-label'>{p.label}</h3><table>{rows}</table>entropy {p.entropy:.3f} "
-        f"(cutoff {predictor.entropy_cutoff:.3f}): {flag}<br>lesion area {p.mask.mean():.1%} at threshold {p.threshold:.2f}"
+        f"{ood}<h3 class='busi-label'>{html.escape(p.label)}</h3><table>{rows}</table>{referral}"
+        f"lesion area {p.mask.mean():.1%} at threshold {p.threshold:.2f}{found}<br>{evidence_html(p.evidence)}"
     )
+
+
+def lesion_png(view: np.ndarray) -> bytes:
+    """The lesion-view crop (float in [0, 1]) as an 8-bit grayscale PNG."""
+    return _png(prob_to_uint8(np.asarray(view, dtype=np.float32)))
 
 
 def _bar_chart(probs: Mapping[str, float]) -> bytes:
@@ -79,15 +134,23 @@ class InferenceApp:
             description="Test split",
         )
         self.threshold = W.FloatSlider(
-            value=0.5, min=0.05, max=0.95, step=0.05, description="Mask threshold", continuous_update=False
+            value=0.5,
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            description="Mask threshold",
+            continuous_update=False,
+            style={"description_width": "initial"},
+            layout=W.Layout(width="360px"),
         )
         self.image_view, self.mask_view, self.overlay_view = (W.Image(format="png", width=view_px) for _ in range(3))
         self.chart = W.Image(format="png")
         self.verdict = W.HTML()
         self.error = W.HTML()
-        self.disclaimer = W.HTML(
-            f"<div style='background:#fff3cd;padding:6px;border:1px solid #e0c060'><b>Research and teaching only.</b> {DISCLAIMER}</div>"
-        )
+        self.lesion_view = W.Image(format="png", width=128)
+        self.lesion_box = W.VBox([W.HTML("<b>what the lesion-view classifier read</b>"), self.lesion_view])
+        self.lesion_box.layout.display = "none"
+        self.disclaimer = W.HTML(disclaimer_html())
         self.upload.observe(self._on_upload, names="value")
         self.examples.observe(self._on_example, names="value")
         self.threshold.observe(lambda _: self._render(), names="value")
@@ -104,7 +167,7 @@ class InferenceApp:
                         W.VBox([label("overlay"), self.overlay_view]),
                     ]
                 ),
-                W.HBox([self.chart, self.verdict]),
+                W.HBox([self.chart, self.verdict, self.lesion_box]),
             ]
         )
 
@@ -117,12 +180,14 @@ class InferenceApp:
         except (InputError, OSError) as err:
             self.prediction = None
             self.verdict.value = ""
+            self.lesion_box.layout.display = "none"
             self.error.value = (
                 f"<span class='busi-error' style='color:#c00'>Cannot analyse this image: {html.escape(str(err))}</span>"
             )
             return None
         self.image_view.value = _png(self.prediction.image)
         self.chart.value = _bar_chart(self.prediction.probabilities)
+        self._show_lesion_view(self.prediction.lesion_view)
         self._render()
         return self.prediction
 
@@ -133,7 +198,13 @@ class InferenceApp:
         p.threshold = self.threshold.value
         self.mask_view.value = _png(p.mask.astype(np.uint8) * 255)
         self.overlay_view.value = _png(p.overlay())
-        self.verdict.value = _verdict_html(p, self.predictor)
+        self.verdict.value = verdict_html(p, self.predictor)
+
+    def _show_lesion_view(self, view: np.ndarray | None) -> None:
+        """Show the lesion-view crop beside the verdict, or hide its box when there is none."""
+        if view is not None:
+            self.lesion_view.value = lesion_png(view)
+        self.lesion_box.layout.display = "none" if view is None else None
 
     def _on_upload(self, change) -> None:
         files = change["new"]

@@ -42,6 +42,8 @@ def test_upload_shows_label_probabilities_and_disclaimer(quick_paths, quick_test
     assert set(shown["probabilities"]) == set(CLASSES)
     assert sum(shown["probabilities"].values()) == pytest.approx(1.0, abs=2e-4)  # shown to 4 decimals
     assert shown["label"] == max(shown["probabilities"], key=shown["probabilities"].get)
+    expected = Predictor(quick_paths.root).predict(scan).evidence
+    assert shown["evidence"] == [e["text"] for e in expected]  # the shape evidence, beside the diagnosis
     assert (out / "app_browser_test.png").stat().st_size > 10_000
 
 

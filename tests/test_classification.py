@@ -48,7 +48,7 @@ def test_only_the_labelled_leaky_variant_sees_the_ground_truth(variant_data):
     ids = vd.train["image_id"].tolist()[:8]
     truth = np.stack([vd.images.mask(i) for i in ids]).astype(np.float32)
     for variant in cls.VARIANTS:
-        x = cls.build_inputs(variant, ids, vd.images, vd.pred_masks, vd.size)
+        x = cls.build_inputs(variant, ids, vd.images, vd.pred_masks, vd.size, vd.crop_images)
         assert x.shape[1] == len(cls.CHANNELS[variant])
         has_truth = any(np.array_equal(x[:, c], truth) for c in range(x.shape[1]))
         assert has_truth == (variant == "image+gt_mask"), variant

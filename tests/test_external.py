@@ -119,8 +119,15 @@ def test_evaluate_cli_reports_and_fails_cleanly(quick_paths, tmp_path, ext_root)
 
     report = json.loads(out.read_text())
     assert report["n_images"] == 32 and report["n_patients"] == 8
-    assert set(report["variants"]) == {"image_only", "image+pred_mask", "mask_only", "image+gt_mask"}
-    assert "image+pred_mask" in ok.stdout
+    assert set(report["variants"]) == {
+        "method",
+        "image+pred_mask",
+        "lesion_crop",
+        "image_only",
+        "shape_alone",
+        "image+gt_mask",
+    }
+    assert "method" in ok.stdout and "nan" not in ok.stdout.lower()
     bad = _cli("--data", str(tmp_path / "nowhere"), "--run", str(quick_paths.root))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     no_run = _cli("--data", str(ext_root), "--run", str(tmp_path / "no_run"))

@@ -244,7 +244,7 @@ def test_missing_or_stale_export_falls_back_to_torch_with_a_notice(quick_paths, 
     notices = []
     assert infer.Predictor(run, notice=notices.append).backend_name == "onnx" and not notices
     recipe = json.loads(paths.export_recipe.read_text())
-    recipe["classifier"]["fingerprint"] = "0" * 64  # as if the classifier had been retrained since
+    recipe["views"]["lesion_crop"]["members"][0]["fingerprint"] = "0" * 64  # as if a member had been retrained since
     paths.export_recipe.write_text(json.dumps(recipe))
     p = infer.Predictor(run, notice=notices.append)
     assert p.backend_name == "torch" and len(notices) == 1 and "stale" in notices[0]

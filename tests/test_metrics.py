@@ -75,7 +75,7 @@ def test_quick_run_metrics_json_has_every_key(quick_run, quick_paths):
         assert key in m["segmentation"]
     lo, hi = m["segmentation"]["dice_ci95"]
     assert lo <= m["segmentation"]["dice_mean"] <= hi
-    for variant in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask"):
+    for variant in ("method", "image+pred_mask", "lesion_crop", "image_only", "shape_alone", "image+gt_mask"):
         for key in ("accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"):
             assert key in m["classification"][variant], (variant, key)
     worth = m["mask_worth"]
@@ -85,8 +85,9 @@ def test_quick_run_metrics_json_has_every_key(quick_run, quick_paths):
     assert worth["seeds"]["n_seeds"] >= 2 and isinstance(worth["verdict"], str) and worth["verdict"]
     ext = m["external"]["bus_uclm" if "bus_uclm" in m["external"] else "synthetic"]
     assert ext["n_images"] > 0 and ext["n_patients"] > 0 and 0 <= ext["dice_mean"] <= 1
-    for variant in ("image_only", "image+pred_mask", "mask_only", "image+gt_mask"):
-        for key in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr"):
+    for variant in ("method", "image+pred_mask", "lesion_crop", "image_only", "shape_alone", "image+gt_mask"):
+        both = ext["labels"].get("benign") and ext["labels"].get("malignant")
+        for key in ("macro_f1", "lesions_called_normal", *(["benign_malignant_auc"] if both else [])):
             assert key in ext["variants"][variant], (variant, key)
     assert m["profile"] == "quick" and isinstance(m["seed"], int)
     assert m["data"]["kind"] in ("zip", "folder", "kaggle", "synthetic") and len(m["data"]["dataset_hash"]) == 16

@@ -1,0 +1,192 @@
+"""Stage 2's cross-fitted ensembles, the fused decision and the referral cutoff.
+
+Fast tests on synthetic arrays first; then checks of the quick run's trained members (the
+quick course of the session), the same claims the course makes for the cpu run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from busi_utils import crossfit, fusion, uncertainty
+from busi_utils.config import CLASSES
+
+P = [f"p_{c}" for c in CLASSES]
+
+
+def _probs(rng, n):
+    p = rng.dirichlet(np.ones(3), n)
+    return p
+
+
+def test_veto_removes_normal_only_where_a_lesion_was_found():
+    p = np.array([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]])
+    out = fusion.veto(p, np.array([0.995, 0.5]), 0.99)
+    assert out[0, 0] == 0 and np.isclose(out[0].sum(), 1) and np.isclose(out[0, 1] / out[0, 2], 3)
+    assert np.allclose(out[1], p[1])
+
+
+def test_cross_validated_fusion_never_fits_on_the_fold_it_scores(monkeypatch):
+    """conf carries each row's number: every fit must see exactly the rows outside the fold scored."""
+    rng = np.random.default_rng(0)
+    n = 60
+    folds = np.repeat([0, 1, 2], 20)
+    y = rng.integers(0, 3, n)
+    seen = []
+    real_fit = fusion.fit
+
+    def spy(kind, y_fit, p_scan, p_crop, conf):
+        seen.append(set(np.asarray(conf).round().astype(int)))
+        return real_fit(kind, y_fit, p_scan, p_crop, np.full(len(conf), 0.5))
+
+    monkeypatch.setattr(fusion, "fit", spy)
+    fusion.cross_validated("stacked", y, folds, _probs(rng, n), _probs(rng, n), np.arange(n, dtype=float))
+    assert seen == [set(np.flatnonzero(folds != k)) for k in (0, 1, 2)]
+
+
+def test_stacked_fusion_is_the_fitted_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    p_scan = np.clip(_probs(rng, 90) + np.eye(3)[y] * 0.5, 0, None)
+    p_scan /= p_scan.sum(1, keepdims=True)
+    p_crop, conf = _probs(rng, 90), rng.uniform(0, 1, 90)
+    params = fusion.fit("stacked", y, p_scan, p_crop, conf)
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(fusion.stack_features(p_scan, p_crop, conf), y)
+    expected = lr.predict_proba(fusion.stack_features(p_scan, p_crop, conf))
+    assert np.allclose(fusion.fuse(params, p_scan, p_crop, conf), expected, atol=1e-6)
+
+
+def test_choose_keeps_the_simplest_candidate_within_noise():
+    table = pd.DataFrame({"macro_f1": [0.70, 0.75, 0.745, 0.76]}, index=list(fusion.CANDIDATES))
+    assert fusion.choose(table) == "mean"  # 0.75 >= 0.76 - 0.01; "scan" is 0.06 behind
+    assert fusion.choose(table, tolerance=0.0) == "stacked"
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fusion.fit("median", np.zeros(3, int), _probs(np.random.default_rng(0), 3), None, None)
+
+
+def test_decide_is_fuse_then_temperature():
+    rng = np.random.default_rng(2)
+    views = {fusion.SCAN_VIEW: _probs(rng, 10), fusion.CROP_VIEW: _probs(rng, 10)}
+    conf = rng.uniform(0, 1, 10)
+    params = {"kind": "mean+veto", "threshold": 0.5}
+    out = fusion.decide(params, views, conf, 2.0)
+    expected = uncertainty.apply_temperature(
+        fusion.fuse(params, views[fusion.SCAN_VIEW], views[fusion.CROP_VIEW], conf), 2.0
+    )
+    assert np.allclose(out, expected) and np.allclose(out.sum(1), 1)
+
+
+def test_shape_alone_reads_the_descriptors():
+    rng = np.random.default_rng(3)
+    labels = np.array(CLASSES)[rng.integers(0, 3, 120)]
+    x = rng.normal(size=(120, 12))
+    x[:, 1] += 3 * (labels == "malignant")  # "taller than wide" carries the class
+    params = fusion.fit_shape_alone(x, labels)
+    p = fusion.predict_shape_alone(params, x)
+    assert np.allclose(p.sum(1), 1)
+    assert p[labels == "malignant", 2].mean() > p[labels != "malignant", 2].mean() + 0.3
+
+
+def test_earned_cutoff_keeps_its_promise():
+    rng = np.random.default_rng(4)
+    n = 400
+    y = rng.integers(0, 3, n)
+    sharp = rng.uniform(0.34, 0.98, n)  # how sure each case is; the surer, the likelier right
+    right = rng.uniform(0, 1, n) < sharp
+    pred = np.where(right, y, (y + 1) % 3)
+    probs = np.full((n, 3), 0.0)
+    probs[np.arange(n), pred] = sharp
+    probs[np.arange(n), (pred + 1) % 3] = (1 - sharp) / 2
+    probs[np.arange(n), (pred + 2) % 3] = (1 - sharp) / 2
+    labels = np.array(CLASSES)[y]
+    out = uncertainty.earned_cutoff(labels, probs, target=0.9)
+    h = uncertainty.entropy(probs)
+    clear = h <= out["cutoff"]
+    assert (pred[clear] == y[clear]).mean() >= 0.9 and np.isclose(out["accuracy"], (pred[clear] == y[clear]).mean())
+    assert np.isclose(out["share"], clear.mean())
+    assert 0.1 < out["share"] < 1.0  # a real cutoff, not everything and not nothing
+    # a model that is right half the time earns nothing: the clearest 10% are kept, with their accuracy said
+    coin = uncertainty.earned_cutoff(
+        labels, np.eye(3)[np.where(rng.uniform(0, 1, n) < 0.5, y, (y + 1) % 3)] * 0.8 + 0.0667
+    )
+    assert coin["accuracy"] < 0.9 and coin["share"] == pytest.approx(0.1, abs=0.01)
+
+
+def _fake_member_files(paths, view, folds, pool, test, rng):
+    for k in folds:
+        for part, rows in (("oof", pool[pool["fold"] == k]), ("test", test)):
+            frame = rows[["image_id", "label"]].copy()
+            frame[P] = _probs(rng, len(rows))
+            frame["pred"] = "benign"
+            paths.probabilities(crossfit.member_stem(view, k), part).parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(paths.probabilities(crossfit.member_stem(view, k), part), index=False)
+
+
+def test_out_of_fold_table_has_each_pool_image_once_from_its_own_fold(tmp_path):
+    from busi_utils.runfolder import RunPaths
+
+    paths = RunPaths(tmp_path)
+    rng = np.random.default_rng(5)
+    pool = pd.DataFrame({"image_id": [f"img{i}" for i in range(30)], "label": "benign", "fold": np.arange(30) % 3})
+    test = pd.DataFrame({"image_id": [f"t{i}" for i in range(6)], "label": "malignant"})
+    _fake_member_files(paths, fusion.SCAN_VIEW, [0, 1, 2], pool, test, rng)
+    oof = crossfit.oof_probs(paths, fusion.SCAN_VIEW, [0, 1, 2])
+    assert sorted(oof["image_id"]) == sorted(pool["image_id"])
+    fold_of = pool.set_index("image_id")["fold"]
+    assert (oof["fold"].to_numpy() == fold_of.loc[oof["image_id"]].to_numpy()).all()
+    members = crossfit.member_test_probs(paths, fusion.SCAN_VIEW, [0, 1, 2])
+    mean = np.mean([members[k][P].to_numpy() for k in (0, 1, 2)], axis=0)
+    assert np.allclose(crossfit.test_probs(paths, fusion.SCAN_VIEW, [0, 1, 2])[P].to_numpy(), mean)
+
+
+def test_member_leak_check_catches_a_planted_leak():
+    split = pd.DataFrame(
+        {"image_id": ["a", "b", "c", "t"], "split": ["train", "train", "train", "test"], "fold": [0, 1, 1, -1]}
+    )
+    ok = [(None, {"variant": "v", "fold": 0, "train_ids": ["b", "c"]})]
+    assert crossfit.check_members_leak_free(ok, split) == 1
+    with pytest.raises(AssertionError, match="its own held-out fold"):
+        crossfit.check_members_leak_free([(None, {"variant": "v", "fold": 0, "train_ids": ["a", "b"]})], split)
+    with pytest.raises(AssertionError, match="test images"):
+        crossfit.check_members_leak_free([(None, {"variant": "v", "fold": 1, "train_ids": ["a", "t"]})], split)
+
+
+# --------------------------------------------------------------------------- the quick run's members
+
+
+def test_quick_run_members_never_saw_their_fold_or_the_test_split(quick_paths):
+    summary = json.loads(quick_paths.classifier_summary.read_text())
+    split = quick_paths.read_split()
+    for view in [*summary["views"], "image_only"]:
+        members = crossfit.load_members(quick_paths, view, summary["members"])
+        assert crossfit.check_members_leak_free(members, split) == len(summary["members"])
+        oof = crossfit.oof_probs(quick_paths, view, summary["members"])
+        for (_, info), k in zip(members, summary["members"]):
+            held = set(split.query("split == 'train' and fold == @k")["image_id"])
+            assert set(oof.loc[oof["fold"] == k, "image_id"]) == held  # member k predicts exactly its fold
+            assert not held & set(info["train_ids"])
+
+
+def test_quick_run_calibration_was_fitted_out_of_fold_and_the_answer_carries_evidence(quick_paths, quick_test_image):
+    from busi_utils import infer
+
+    predictor = infer.Predictor(quick_paths.root)
+    scan = quick_test_image
+    summary = json.loads(quick_paths.classifier_summary.read_text())
+    split = quick_paths.read_split()
+    n_oof = int(split.query("split == 'train'")["fold"].isin(summary["members"]).sum())
+    fin = summary["finalised"]
+    assert fin["n_oof"] == n_oof and fin["cutoff_accuracy"] is not None
+    pred = predictor.predict(scan)
+    answer = pred.to_json()
+    assert 0 <= answer["lesion_confidence"] <= 1 and answer["lesion_confidence"] == pytest.approx(
+        float(pred.mask_prob.max()), abs=0.02
+    )
+    assert answer["shape_evidence"] and all(isinstance(t, str) for t in answer["shape_evidence"])
+    assert pred.lesion_view.shape == (predictor.cls_size, predictor.cls_size)
+    assert np.isclose(sum(answer["probabilities"].values()), 1, atol=1e-5)
