@@ -456,7 +456,7 @@ def random_split_experiment(
         show_progress=show_progress,
         kinds=CHANNELS["image_only"],
     )
-    probs = predict_proba(model, x[te], info["stats"])
+    probs = predict_tta(model, x[te], info["stats"])  # with its mirror image, as every member predicts
     return {
         "test": classification_metrics([labels[i] for i in te], probs),
         "n_test": len(te),

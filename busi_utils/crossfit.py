@@ -165,26 +165,28 @@ def lesion_confidence(vd: cls.VariantData, ids: Sequence[str]) -> np.ndarray:
     return np.array([float(np.max(vd.pred_masks[i])) for i in ids])
 
 
+def _views_table(vd: cls.VariantData, views: Sequence[str], read) -> pd.DataFrame:
+    """The probabilities ``read(view)`` of every view side by side (``<view>:p_<class>``), with
+    the segmenter's confidence."""
+    table = None
+    for view in views:
+        cols = {c: f"{view}:{c}" for c in P}
+        p = read(view).rename(columns=cols)
+        table = p.drop(columns=["pred"]) if table is None else table.merge(p[["image_id", *cols.values()]])
+    table["conf"] = lesion_confidence(vd, table["image_id"])
+    return table
+
+
 def oof_table(vd: cls.VariantData, views: Sequence[str], folds: Sequence[int], tag: int | None = None) -> pd.DataFrame:
     """One row per pool image of the members' folds: label, fold, lesion confidence and each
     view's out-of-fold probabilities (columns ``<view>:p_<class>``): what the fusion, the
     temperature and the referral cutoff are fitted on."""
-    table = None
-    for view in views:
-        p = oof_probs(vd.paths, view, folds, tag).rename(columns={c: f"{view}:{c}" for c in P})
-        table = p.drop(columns=["pred"]) if table is None else table.merge(p[["image_id", *[f"{view}:{c}" for c in P]]])
-    table["conf"] = lesion_confidence(vd, table["image_id"])
-    return table
+    return _views_table(vd, views, lambda view: oof_probs(vd.paths, view, folds, tag))
 
 
 def test_table(vd: cls.VariantData, views: Sequence[str], folds: Sequence[int], tag: int | None = None) -> pd.DataFrame:
     """The same columns for the test split, each view the mean of its members."""
-    table = None
-    for view in views:
-        p = test_probs(vd.paths, view, folds, tag).rename(columns={c: f"{view}:{c}" for c in P})
-        table = p.drop(columns=["pred"]) if table is None else table.merge(p[["image_id", *[f"{view}:{c}" for c in P]]])
-    table["conf"] = lesion_confidence(vd, table["image_id"])
-    return table
+    return _views_table(vd, views, lambda view: test_probs(vd.paths, view, folds, tag))
 
 
 def view_matrix(table: pd.DataFrame, view: str) -> np.ndarray:

@@ -9,9 +9,9 @@ before they are written, so a reader finds the whole contract here::
       data/      index.csv, source.json, duplicate_groups.csv, split_manifest.csv  (01)
       masks/     unet_fold0.pt (+ .history.csv), stage1_summary.json                (02)
       masks/     unet_fold<k>.pt, <split>/<image_id>.png, manifest.csv, summary.json (03)
-      models/    classifier_<view>_fold<k>.pt (the cross-fitted members), classifier_summary.json (04)
-      models/    classifier_<variant>_<balance>.pt (fold-0 ablation variants)        (05)
-      preds/     <view>_fold<k>_{oof,test}.csv, <variant>_<balance>_{valid,test}.csv (04, 05)
+      models/    classifier_<view>_fold<k>.pt: the cross-fitted members of each view and of
+                 image-only (04), the ground-truth-mask ceiling's fold 0 (05); classifier_summary.json (04)
+      preds/     <view>_fold<k>_{oof,test}.csv: each member's out-of-fold and test probabilities (04, 05)
       exports/   unet.onnx, <view>.onnx, ood.npz, recipe.json                        (04)
       figures/   plots of notebook 05 (the cpu profile writes the README's to figures/)
       metrics.json, timing.json                                                      (05, runner)

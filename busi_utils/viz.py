@@ -239,7 +239,9 @@ def plot_crossfit_diagram(n_folds: int):
     return fig
 
 
-def plot_paired_differences(paired: dict, per_seed: pd.DataFrame, xlabel: str, title: str = "Is the mask worth it?"):
+def plot_paired_differences(
+    paired: dict, per_seed: pd.DataFrame, xlabel: str, title: str = "Is the mask worth it?", unit: str = "seed"
+):
     """One row per metric: the paired-bootstrap difference with its 95% interval (black) and
     the same difference for each seed of the seed study (orange dots). Returns the figure."""
     keys = list(paired)
@@ -248,7 +250,7 @@ def plot_paired_differences(paired: dict, per_seed: pd.DataFrame, xlabel: str, t
         value, (lo, hi) = paired[k]["value"], paired[k]["ci95"]
         ax.errorbar(value, j, xerr=[[value - lo], [hi - value]], fmt="o", color="black", capsize=3)
         ax.scatter(
-            per_seed[k], [j + 0.2] * len(per_seed), color="tab:orange", s=14, label="one seed" if j == 0 else None
+            per_seed[k], [j + 0.2] * len(per_seed), color="tab:orange", s=14, label=f"one {unit}" if j == 0 else None
         )
     ax.axvline(0, color="grey", lw=0.8)
     ax.set(yticks=range(len(keys)), yticklabels=keys, xlabel=xlabel, title=title)
