@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from .config import CLASSES
 
@@ -102,9 +101,11 @@ def cross_validated(kind: str, y: np.ndarray, folds: np.ndarray, p_scan, p_crop,
     return out
 
 
-def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf) -> tuple[pd.DataFrame, dict]:
+def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf):
     """Every candidate's cross-validated out-of-fold scores, and the chosen candidate's
-    cross-validated probabilities (``{kind: probs}``), on the training pool only."""
+    cross-validated probabilities (``{kind: probs}``), on the training pool only. (pandas is
+    imported here, not at the top: the Predictor's light path imports this module.)"""
+    import pandas as pd
     from sklearn.metrics import log_loss
 
     from .metrics import classification_metrics
@@ -134,7 +135,7 @@ def _floor(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def choose(table: pd.DataFrame, tolerance: float = TOLERANCE) -> str:
+def choose(table, tolerance: float = TOLERANCE) -> str:
     """The simplest candidate (in :data:`CANDIDATES` order) within ``tolerance`` of the best macro-F1."""
     best = table["macro_f1"].max()
     return next(k for k in CANDIDATES if k in table.index and table.loc[k, "macro_f1"] >= best - tolerance)

@@ -16,13 +16,15 @@ def variant_data(quick_paths):
 
     recipe = config.load_profile("quick")["classify"]
     split = quick_paths.read_split()
-    images = preprocess.ArrayStore(
-        preprocess.resized_arrays(data.read_index(quick_paths.index_csv), recipe["size"], progress=False)
+    index = data.read_index(quick_paths.index_csv)
+    images = preprocess.ArrayStore(preprocess.resized_arrays(index, recipe["size"], progress=False))
+    crops = preprocess.ArrayStore(
+        preprocess.resized_arrays(index, cls.crop_source_size(recipe["size"]), progress=False)
     )
     masks = oof.read_mask_manifest(quick_paths)
     used = split[split["split"].isin(["train", "test"])]["image_id"].tolist()
     return cls.VariantData(
-        quick_paths, split, images, dict(zip(used, oof.load_masks(quick_paths, masks, used))), recipe["size"]
+        quick_paths, split, images, dict(zip(used, oof.load_masks(quick_paths, masks, used))), recipe["size"], crops
     ), masks
 
 
