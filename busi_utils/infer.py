@@ -5,7 +5,8 @@
 
 Two backends compute the same thing. With the run's ONNX export (notebook 04) present and
 made from the run's current models, the Predictor runs on onnxruntime and NumPy only: this
-module imports neither torch nor fastai, so the command starts in well under two seconds.
+module imports neither torch nor fastai, so the command answers one image in a few seconds
+(`benchmarks/infer.csv`).
 Without it (or with a stale one) it says so in one line and runs the torch models.
 The pixels are those of training (:mod:`busi_utils.images`). Research and teaching only.
 """
