@@ -120,6 +120,17 @@ def candidates(specs: list[str], defaults: dict):
         yield recipe.pop("name", spec), recipe
 
 
+def already_done(done: pd.DataFrame | None, **key) -> bool:
+    """True when the table ``done`` (or None: nothing yet) has a row with every ``key`` value:
+    that very run is benchmarked, so a resumed benchmark skips it."""
+    if done is None:
+        return False
+    match = pd.Series(True, index=done.index)
+    for column, value in key.items():
+        match &= done[column] == value
+    return bool(match.any())
+
+
 def record(out: Path, table: str, row: dict, history: pd.DataFrame, key: list[str]) -> None:
     """Print a result row and add it (and its per-epoch history) to ``out/<table>.csv`` and
     ``out/<table>_history.csv``."""

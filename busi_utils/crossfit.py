@@ -191,3 +191,30 @@ def test_table(vd: cls.VariantData, views: Sequence[str], folds: Sequence[int], 
 
 def view_matrix(table: pd.DataFrame, view: str) -> np.ndarray:
     return table[[f"{view}:{c}" for c in P]].to_numpy()
+
+
+def member_pairs(
+    paths: RunPaths,
+    summary: dict,
+    rows: pd.DataFrame,
+    conf: np.ndarray,
+    keys: Sequence[str],
+    baseline: str = "image_only",
+) -> pd.DataFrame:
+    """Member by member on ``rows`` (test images): member k's views fused by the run's rule and
+    temperature, against ``baseline``'s member k (same folds, same seed). One row per (member,
+    variant) in the layout of a seed study (the member in column ``seed``)."""
+    from . import fusion
+    from .metrics import classification_metrics
+
+    out = []
+    for k in summary["members"]:
+        by_view = {
+            v: member_test_probs(paths, v, [k])[k].set_index("image_id").loc[rows["image_id"], P].to_numpy()
+            for v in [*summary["views"], baseline]
+        }
+        fused = fusion.decide(summary["fusion"], by_view, conf, summary["finalised"]["temperature"])
+        for name, probs in (("method", fused), (baseline, by_view[baseline])):
+            m = classification_metrics(rows["label"], probs)
+            out.append({"seed": k, "variant": name, **{key: m[key] for key in keys}})
+    return pd.DataFrame(out)

@@ -398,3 +398,9 @@ def read_source(path: os.PathLike | str) -> DataSource:
     if info is None:
         raise FileNotFoundError(f"{path}: missing; run notebook 01 for this run folder first")
     return DataSource(Path(info["root"]), info["kind"], info["origin"])
+
+
+def aspect_ratios(index: pd.DataFrame) -> dict[str, float]:
+    """Height / width of each indexed image as stored: the shape descriptors restore the
+    orientation that the square resize distorted (:func:`busi_utils.shape.shape_features`)."""
+    return dict(zip(index["image_id"], index["height"] / index["width"]))

@@ -81,16 +81,7 @@ def main() -> None:
         for variant in variants:
             for seed in args.seeds:
                 for fold in args.folds:
-                    if (
-                        done is not None
-                        and (
-                            (done["name"] == name)
-                            & (done["variant"] == variant)
-                            & (done["fold"] == fold)
-                            & (done["seed"] == seed)
-                            & (done["recipe"] == spec)
-                        ).any()
-                    ):
+                    if benchmark.already_done(done, name=name, variant=variant, fold=fold, seed=seed, recipe=spec):
                         continue  # resumed: this very run is in the table
                     (x_tr, y_tr), (x_va, y_va) = vd.fold_arrays(variant, fold)
                     model, hist, info = cls.train_classifier(

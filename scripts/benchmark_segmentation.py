@@ -106,15 +106,7 @@ def main() -> None:
         for seed in args.seeds:
             for fold in args.folds:
                 spec = ",".join(f"{k}={v}" for k, v in sorted(recipe.items()))
-                if (
-                    done is not None
-                    and (
-                        (done["name"] == name)
-                        & (done["fold"] == fold)
-                        & (done["seed"] == seed)
-                        & (done["recipe"] == spec)
-                    ).any()
-                ):
+                if benchmark.already_done(done, name=name, fold=fold, seed=seed, recipe=spec):
                     continue  # resumed: this very run is in the table
                 train_ids, valid_ids = seg.fold_ids(manifest, fold)
                 model, hist, info = seg.train_segmenter(
