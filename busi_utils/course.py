@@ -68,8 +68,10 @@ def run_course(
     seed: int = 42,
     only: list[str] | None = None,
     kernel_name: str | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Execute the notebooks (or those whose number is in ``only``) and return ``timing.json``'s content."""
+    """Execute the notebooks (or those whose number is in ``only``) and return ``timing.json``'s
+    content. ``progress``: papermill's progress bar over each notebook's cells."""
     import papermill as pm
 
     paths = RunPaths.for_profile(profile, run_dir)
@@ -93,8 +95,11 @@ def run_course(
             parameters={k: v for k, v in params.items() if k in declared},
             cwd=str(nb.parent),
             kernel_name=kernel_name,
-            progress_bar=False,
+            progress_bar=progress,  # one bar per notebook, cell by cell
             log_output=False,
+            # the kernel's only log line is ipykernel's notice that a local kernel talks over TCP
+            # without encryption (papermill's default transport, on this machine only): not for learners
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         seconds = time.perf_counter() - start
         resumed = products_fingerprint(paths) == before and nb.stem in timing["notebooks"]

@@ -8,12 +8,16 @@ Inputs per image, all available at prediction time:
   ones well (a clearly outlined lesion argues against "normal") while the painted *area* does
   not: the U-Net paints something on most normal scans, but rarely with full confidence.
 
-Candidates, simplest first (:data:`CANDIDATES`): the scan view alone; the mean of the views;
-the mean with a *veto* (a lesion found with ``conf >= t`` removes "normal"); and a stacked
-multinomial logistic regression on the views' log-probabilities and logit(conf). They are
+Candidates, simplest first (:data:`CANDIDATES`): the mean of the two views (nothing fitted);
+the mean with a *veto* (a lesion found with ``conf >= t`` removes "normal"; one threshold); and
+a stacked multinomial logistic regression on the views' log-probabilities and logit(conf). Both
+views always enter: the course's design is that the mask says where to look, and each view alone
+is reported beside the candidates (:data:`REFERENCES`) as part of the ablation. The candidates are
 compared on out-of-fold probabilities of the training pool (every fitted part cross-validated
-over the folds), and the simplest within :data:`TOLERANCE` of the best macro-F1 is kept:
-differences smaller than that do not survive a second run on ~600 images.
+over the folds), and :func:`choose` keeps the simplest whose macro-F1 is within one standard
+error of the best (the "one-SE rule" of Breiman et al. 1984; the error of the paired difference,
+bootstrapped over images): a rule that wins by less than its own noise on a few hundred images
+does not survive a second run, and its extra parameters are then a cost without a gain.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import numpy as np
 
 from .config import CLASSES
 
-CANDIDATES = ("scan", "mean", "mean+veto", "stacked")
-TOLERANCE = 0.01
+CANDIDATES = ("mean", "mean+veto", "stacked")
+REFERENCES = ("scan", "crop")  # each view alone: reported, never chosen
+ALL_RULES = (*REFERENCES, *CANDIDATES)
+N_BOOT_SE = 500
 VETO_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 NORMAL = CLASSES.index("normal")
 EPS = 1e-4
@@ -52,9 +58,7 @@ def veto(p: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y, p.argmax(1), average="macro", labels=range(len(CLASSES)), zero_division=0))
+    return _f1_labels(y, np.asarray(p).argmax(1))
 
 
 def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
@@ -69,8 +73,8 @@ def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
 
         lr = LogisticRegression(C=1.0, max_iter=2000).fit(stack_features(p_scan, p_crop, conf), y)
         params["coef"], params["intercept"] = lr.coef_.tolist(), lr.intercept_.tolist()
-    elif kind not in CANDIDATES:
-        raise ValueError(f"unknown fusion {kind!r}: {', '.join(CANDIDATES)}")
+    elif kind not in ALL_RULES:
+        raise ValueError(f"unknown fusion {kind!r}: {', '.join(ALL_RULES)}")
     return params
 
 
@@ -80,6 +84,8 @@ def fuse(params: dict, p_scan, p_crop, conf) -> np.ndarray:
     p_scan, p_crop = np.asarray(p_scan, np.float64), np.asarray(p_crop, np.float64)
     if kind == "scan":
         return p_scan
+    if kind == "crop":
+        return p_crop
     mean = (p_scan + p_crop) / 2
     if kind == "mean":
         return mean
@@ -101,8 +107,10 @@ def cross_validated(kind: str, y: np.ndarray, folds: np.ndarray, p_scan, p_crop,
     return out
 
 
-def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf):
-    """Every candidate's cross-validated out-of-fold scores, and the chosen candidate's
+def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf, seed: int = 0):
+    """Every rule's cross-validated out-of-fold scores (the views alone first, then the
+    candidates), with ``se``: the bootstrap standard error of the macro-F1 difference between the
+    best candidate and each rule (paired: the same resampled images), and the rules'
     cross-validated probabilities (``{kind: probs}``), on the training pool only. (pandas is
     imported here, not at the top: the Predictor's light path imports this module.)"""
     import pandas as pd
@@ -113,7 +121,7 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf):
     y = np.array([CLASSES.index(str(label)) for label in labels])
     folds = np.asarray(folds)
     rows, probs = [], {}
-    for kind in CANDIDATES:
+    for kind in ALL_RULES:
         probs[kind] = cross_validated(kind, y, folds, p_scan, p_crop, conf)
         m = classification_metrics(labels, probs[kind])
         rows.append(
@@ -126,7 +134,31 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf):
                 "log_loss": float(log_loss(y, _floor(probs[kind]), labels=range(len(CLASSES)))),
             }
         )
-    return pd.DataFrame(rows).set_index("fusion"), probs
+    table = pd.DataFrame(rows).set_index("fusion")
+    best = table.loc[list(CANDIDATES), "macro_f1"].idxmax()
+    table["se"] = [paired_se(y, probs[best], probs[k], seed) for k in table.index]
+    return table, probs
+
+
+def paired_se(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, seed: int = 0, n_boot: int = N_BOOT_SE) -> float:
+    """Bootstrap standard error of macro-F1(a) - macro-F1(b) over images (both scored on the
+    same resampled images each time). 0 when a and b give the same answers."""
+    a, b = np.asarray(p_a).argmax(1), np.asarray(p_b).argmax(1)
+    if np.array_equal(a, b):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    diffs = [_f1_labels(y[i], a[i]) - _f1_labels(y[i], b[i]) for i in idx]
+    return float(np.std(diffs, ddof=1))
+
+
+def _f1_labels(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the three classes from predicted labels (numpy only: inside a bootstrap)."""
+    k = len(CLASSES)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)))
 
 
 def _floor(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -135,10 +167,24 @@ def _floor(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def choose(table, tolerance: float = TOLERANCE) -> str:
-    """The simplest candidate (in :data:`CANDIDATES` order) within ``tolerance`` of the best macro-F1."""
-    best = table["macro_f1"].max()
-    return next(k for k in CANDIDATES if k in table.index and table.loc[k, "macro_f1"] >= best - tolerance)
+def choose(table) -> str:
+    """The one-SE rule: the simplest candidate (in :data:`CANDIDATES` order) whose macro-F1 is
+    within its ``se`` (from :func:`compare`) of the best candidate's. The reference rows (each
+    view alone) are never chosen."""
+    cands = [k for k in CANDIDATES if k in table.index]
+    best = table.loc[cands, "macro_f1"].max()
+    return next(k for k in cands if table.loc[k, "macro_f1"] >= best - table.loc[k, "se"])
+
+
+def select(oof, seed: int = 0) -> tuple:
+    """From an out-of-fold table (:func:`busi_utils.crossfit.oof_table`): ``(comparison, chosen
+    kind, its parameters fitted on all those images, its cross-validated probabilities)``: the
+    fused rule of a run, and what its temperature and referral cutoff are fitted on."""
+    p_scan, p_crop = (oof[[f"{v}:p_{c}" for c in CLASSES]].to_numpy() for v in (SCAN_VIEW, CROP_VIEW))
+    comparison, cv_probs = compare(oof["label"], oof["fold"], p_scan, p_crop, oof["conf"], seed)
+    chosen = choose(comparison)
+    y = np.array([CLASSES.index(str(c)) for c in oof["label"]])
+    return comparison, chosen, fit(chosen, y, p_scan, p_crop, oof["conf"]), cv_probs[chosen]
 
 
 SCAN_VIEW, CROP_VIEW = "image+pred_mask", "lesion_crop"

@@ -191,7 +191,7 @@ def shape_matrix(probs: Sequence[np.ndarray], aspects: Sequence[float] | None = 
     aspects = [1.0] * len(probs) if aspects is None else list(aspects)
     if len(aspects) != len(probs):
         raise ValueError(f"{len(probs)} maps but {len(aspects)} aspects")
-    rows = [[shape_features(p, a)[k] for k in FEATURES] for p, a in zip(probs, aspects)]
+    rows = [list(shape_features(p, a).values()) for p, a in zip(probs, aspects)]  # values in FEATURES order
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(FEATURES))
 
 

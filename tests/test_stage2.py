@@ -61,12 +61,34 @@ def test_stacked_fusion_is_the_fitted_logistic_regression():
     assert np.allclose(fusion.fuse(params, p_scan, p_crop, conf), expected, atol=1e-6)
 
 
-def test_choose_keeps_the_simplest_candidate_within_noise():
-    table = pd.DataFrame({"macro_f1": [0.70, 0.75, 0.745, 0.76]}, index=list(fusion.CANDIDATES))
-    assert fusion.choose(table) == "mean"  # 0.75 >= 0.76 - 0.01; "scan" is 0.06 behind
-    assert fusion.choose(table, tolerance=0.0) == "stacked"
+def test_choose_keeps_the_simplest_candidate_within_one_standard_error():
+    rows = {  # rule: (out-of-fold macro-F1, standard error of its difference from the best candidate)
+        "scan": (0.90, 0.05),  # a reference row: never chosen, however good
+        "crop": (0.70, 0.02),
+        "mean": (0.70, 0.02),  # 0.70 + 0.02 < 0.76: more than one SE behind
+        "mean+veto": (0.745, 0.02),  # 0.745 + 0.02 >= 0.76: within one SE
+        "stacked": (0.76, 0.0),
+    }
+    table = pd.DataFrame(rows, index=["macro_f1", "se"]).T
+    assert fusion.choose(table) == "mean+veto"
+    table.loc["mean", "se"] = 0.07
+    assert fusion.choose(table) == "mean"  # within its own noise of the best: the simplest wins
+    table["se"] = 0.0
+    assert fusion.choose(table) == "stacked"
     with pytest.raises(ValueError, match="unknown fusion"):
         fusion.fit("median", np.zeros(3, int), _probs(np.random.default_rng(0), 3), None, None)
+
+
+def test_paired_se_is_zero_for_identical_answers_and_grows_with_disagreement():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 200)
+    p = np.eye(3)[y] * 0.6 + 0.2  # always right
+    assert fusion.paired_se(y, p, p) == 0.0
+    few = p.copy()
+    few[:10] = np.roll(few[:10], 1, axis=1)  # 10 answers changed
+    many = p.copy()
+    many[:80] = np.roll(many[:80], 1, axis=1)
+    assert 0 < fusion.paired_se(y, p, few) < fusion.paired_se(y, p, many)
 
 
 def test_decide_is_fuse_then_temperature():
@@ -190,3 +212,53 @@ def test_quick_run_calibration_was_fitted_out_of_fold_and_the_answer_carries_evi
     assert answer["shape_evidence"] and all(isinstance(t, str) for t in answer["shape_evidence"])
     assert pred.lesion_view.shape == (predictor.cls_size, predictor.cls_size)
     assert np.isclose(sum(answer["probabilities"].values()), 1, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- resuming stage 2
+
+
+@pytest.fixture(scope="module")
+def quick_vd(quick_paths):
+    from busi_utils import classification as cls
+    from busi_utils import config, data
+
+    recipe = config.load_profile("quick")["classify"]
+    index, split = data.read_index(quick_paths.index_csv), quick_paths.read_split()
+    return cls.load_variant_data(quick_paths, index, split, recipe["size"], progress=False), recipe
+
+
+def test_a_member_is_loaded_when_its_inputs_are_unchanged_and_retrained_when_its_masks_changed(quick_vd, monkeypatch):
+    from busi_utils import classification as cls
+
+    vd, recipe = quick_vd
+    view, fold = fusion.SCAN_VIEW, 0
+    path = crossfit.member_path(vd.paths, view, fold)
+    before = path.stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(cls, "train_classifier", no_training)
+    run = crossfit.train_member(vd, view, recipe, 42, fold)  # the quick course's seed
+    assert run.trained is False and path.stat().st_mtime_ns == before
+    monkeypatch.setattr(vd, "masks_hash", "another set of masks")
+    with pytest.raises(RuntimeError, match="trained"):
+        crossfit.train_member(vd, view, recipe, 42, fold)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="trained"), monkeypatch.context() as m:
+        m.setattr(cls, "train_classifier", no_training)
+        crossfit.train_member(vd, view, dict(recipe, epochs=recipe["epochs"] + 1), 42, fold)  # another recipe
+    assert path.stat().st_mtime_ns == before  # nothing was overwritten on the way
+
+
+def test_finalise_redoes_nothing_when_its_inputs_are_unchanged(quick_vd):
+    from busi_utils import config, export
+
+    vd, _ = quick_vd
+    paths = vd.paths
+    watched = [paths.classifier_summary, paths.ood_npz, *sorted(paths.exports.glob("*"))]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    finalised, _, done_now = export.finalise_run(paths, vd, config.load_profile("quick")["evaluate"]["tta"])
+    assert done_now is False
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert finalised == json.loads(paths.classifier_summary.read_text())["finalised"]

@@ -1,0 +1,94 @@
+"""The shipped method's spread over training seeds, on one run folder's split and masks (not a
+timed test).
+
+For each seed, every view of the profile's ensemble and the image-only ablation get their
+cross-fitted members (the run's own members for the run's seed; for another seed, members
+saved beside them as ``..._fold<k>_seed<s>.pt``), and the whole of notebook 04's decision is
+redone from that seed's out-of-fold probabilities: the fused rule (:func:`busi_utils.fusion.select`),
+the temperature, then the test answers as the Predictor computes them (:func:`busi_utils.fusion.decide`).
+The split and the stage-1 masks stay those of the run, so the spread is that of stage 2's
+training alone: what a second run on the same machine would move.
+
+Rows (seed x variant, test metrics) go to ``benchmarks/seed_spread.csv``; finished seeds are
+resumed from their saved members. Needs a run folder with notebooks 01-04 done.
+
+    python scripts/seed_spread.py --run-dir runs/cpu --seeds 42 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from busi_utils import benchmark, config, crossfit, data, fusion, metrics, runfolder, uncertainty
+from busi_utils import classification as cls
+
+KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
+
+
+def seed_rows(vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_seed: int) -> list[dict]:
+    """Test metrics of the method and its parts for the members of one training seed."""
+    tag = None if seed == run_seed else seed
+    views = [*ensemble["views"], "image_only"]
+    for view in views:
+        crossfit.train_view(vd, view, recipe, seed, ensemble["members"], tag=tag)
+    oof = crossfit.oof_table(vd, views, ensemble["members"], tag)
+    comparison, chosen, params, cv = fusion.select(oof, seed)
+    temperature = uncertainty.fit_temperature(oof["label"], cv)
+    test = crossfit.test_table(vd, views, ensemble["members"], tag)
+    probs = {v: crossfit.view_matrix(test, v) for v in views}
+    probs = {"method": fusion.decide(params, probs, test["conf"].to_numpy(), temperature), **probs}
+    rows = []
+    for variant, p in probs.items():
+        m = metrics.classification_metrics(test["label"], p)
+        rows.append(
+            {
+                "seed": seed,
+                "variant": variant,
+                **{k: round(float(m[k]), 4) for k in KEYS},
+                "fusion": chosen,
+                "temperature": round(temperature, 4),
+                "oof_macro_f1": round(float(comparison.loc[chosen, "macro_f1"]), 4),
+                "members": len(ensemble["members"]),
+                "n_test": len(test),
+            }
+        )
+    return rows
+
+
+def spread(table):
+    """Mean, SD and range over seeds per variant."""
+    g = table.groupby("variant", sort=False)
+    out = g[list(KEYS)].agg(["mean", "std", "min", "max"]).round(4)
+    out.columns = [f"{k}_{s}" for k, s in out.columns]
+    return out.assign(seeds=g.size())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", required=True, help="a run folder with notebooks 01-04 done")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="the first is the run's own seed")
+    ap.add_argument("--out", default=str(benchmark.benchmarks_dir() / "seed_spread.csv"))
+    args = ap.parse_args(argv)
+    cfg = config.load_profile(args.profile)
+    paths = runfolder.RunPaths(Path(args.run_dir).resolve())
+    index, split = data.read_index(paths.index_csv), paths.read_split()
+    vd = cls.load_variant_data(paths, index, split, cfg["classify"]["size"], progress=False)
+    run_seed = args.seeds[0]
+    info = benchmark.machine_info()
+    for seed in args.seeds:
+        rows = [dict(r, **info) for r in seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed)]
+        table = benchmark.append_rows(Path(args.out), rows, ["seed", "variant"])
+        print(f"seed {seed}:", {r["variant"]: (r["accuracy"], r["macro_f1"]) for r in rows}, flush=True)
+    table = table[table["seed"].isin(args.seeds) & (table["members"] == len(cfg["ensemble"]["members"]))]
+    print(spread(table).to_string())
+    ahead = table.pivot(index="seed", columns="variant", values="macro_f1")
+    print("method ahead of image-only in every seed:", bool(np.all(ahead["method"] > ahead["image_only"])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
