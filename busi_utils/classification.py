@@ -296,10 +296,20 @@ def train_classifier(
         "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / training.total_epochs(recipe), 2),
         "best_epoch": int(history["f1_score"].idxmax()),
-        "kept_epoch": int(history["f1_score"].idxmax()) if keep_best else int(len(history) - 1),
+        "kept_epoch": kept_epoch(history, keep_best),
         "vocab": list(CLASSES),
     }
     return learn.model.eval(), history, info
+
+
+def kept_epoch(history: pd.DataFrame, keep_best: bool) -> int:
+    """The epoch (history row) whose weights the model ends with. ``keep_best``: fastai's
+    ``SaveModelCallback`` restarts its best score at every ``fit``, so after a frozen phase it
+    restores the best epoch *of the last phase*, not of the whole history."""
+    if not keep_best:
+        return int(len(history) - 1)
+    last = history[history["phase"] == history["phase"].iloc[-1]]
+    return int(last["f1_score"].idxmax())
 
 
 def predict_tta(model: nn.Module, x: np.ndarray, stats) -> np.ndarray:

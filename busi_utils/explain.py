@@ -3,7 +3,8 @@
 
 Grad-CAM (Selvaraju et al. 2017) weights the last convolutional feature maps by the
 gradient of the class score: where the network *looked* for that class. It is a coarse
-heat map (the last ResNet stage is 1/32 of the input), a hint, not a proof.
+heat map (the last stage of the Lite0 encoder is 1/32 of the input: 3 x 3 cells at 96 px), a
+hint, not a proof.
 """
 
 from __future__ import annotations

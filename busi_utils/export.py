@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import uncertainty
 from .config import CLASSES
 from .files import atomic_path, atomic_write_json, file_sha256, read_json
-from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, validate
+from .runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, export_status, validate
 
 CUTOFF_ACCURACY = 0.9  # "clear answer": held-out cases at or below the entropy cutoff were right 9 times in 10
 OOD_QUANTILE = 0.99  # per view: flag inputs farther from the training scans than 99 % of validation scans
@@ -302,8 +302,6 @@ def finalise_run(paths: RunPaths, vd, tta_views: int) -> tuple[dict, dict, bool]
     """Calibrate and export (notebook 04), or resume: nothing is redone when the calibration and
     the export were made from the current member files and fusion with the same TTA views.
     Returns ``(finalised, recipe, done_now)``."""
-    from .infer import export_status
-
     summary = read_json(paths.classifier_summary) or {}
     finalised = summary.get("finalised", {})
     recipe, _ = export_status(paths)

@@ -26,9 +26,9 @@ from PIL import Image
 from . import DISCLAIMER, fusion, shape, uncertainty
 from .config import CLASSES
 from .errors import InputError, RunFolderError
-from .files import atomic_path, file_sha256, read_json
+from .files import atomic_path, read_json
 from .images import overlay_uint8, prob_to_uint8, resize_pair, resize_prob, to_grayscale
-from .runfolder import RunPaths, default_run
+from .runfolder import RunPaths, default_run, export_status  # noqa: F401  (export_status: public here too)
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -133,32 +133,6 @@ class _TorchBackend:
         with self.torch.no_grad():
             probs, feats = self.graphs[view](self.torch.from_numpy(x))
         return probs.numpy(), feats.numpy()
-
-
-def export_status(paths: RunPaths) -> tuple[dict | None, str]:
-    """``(recipe, "")`` when the run's ONNX export is complete and made from its current model
-    files, else ``(None, why not)``."""
-    recipe = read_json(paths.export_recipe)
-    if recipe is None:
-        return None, f"no ONNX export in {paths.exports} (notebook 04 writes it)"
-    if "views" not in recipe:
-        return None, "the ONNX export predates the two-view classifier ensembles (re-run notebook 04)"
-    summary = read_json(paths.classifier_summary) or {}
-    if summary.get("fusion") != recipe.get("fusion"):
-        return None, "the ONNX export is stale: the fusion changed after it was exported (re-run notebook 04)"
-    sources = [(paths.segmenter(m["source"]), m["fingerprint"]) for m in recipe["segmenter"]["members"]]
-    sources += [(paths.models / m["source"], m["fingerprint"]) for v in recipe["views"].values() for m in v["members"]]
-    files = [recipe["segmenter"]["file"], *[v["file"] for v in recipe["views"].values()]]
-    for file in files:
-        if not (paths.exports / file).exists():
-            return None, f"{paths.exports / file} is missing"
-    for model_file, fingerprint in sources:
-        if model_file.exists() and file_sha256(model_file) != fingerprint:
-            return (
-                None,
-                f"the ONNX export is stale: {model_file.name} changed after it was exported (re-run notebook 04)",
-            )
-    return recipe, ""
 
 
 class Predictor:

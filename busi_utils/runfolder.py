@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import repo_root
 from .errors import RunFolderError, SchemaError
+from .files import file_sha256, read_json
 
 
 @dataclass(frozen=True)
@@ -250,3 +251,30 @@ def validate(obj: Any, schema: dict, name: str) -> Any:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise SchemaError(f"{name}: {where}: {error.message}")
     return obj
+
+
+def export_status(paths: RunPaths) -> tuple[dict | None, str]:
+    """``(recipe, "")`` when the run's ONNX export is complete and made from its current model
+    files, else ``(None, why not)``. Here, not in :mod:`busi_utils.export`, because the light
+    Predictor asks it without importing torch; :mod:`busi_utils.infer` re-exports it."""
+    recipe = read_json(paths.export_recipe)
+    if recipe is None:
+        return None, f"no ONNX export in {paths.exports} (notebook 04 writes it)"
+    if "views" not in recipe:
+        return None, "the ONNX export predates the two-view classifier ensembles (re-run notebook 04)"
+    summary = read_json(paths.classifier_summary) or {}
+    if summary.get("fusion") != recipe.get("fusion"):
+        return None, "the ONNX export is stale: the fusion changed after it was exported (re-run notebook 04)"
+    sources = [(paths.segmenter(m["source"]), m["fingerprint"]) for m in recipe["segmenter"]["members"]]
+    sources += [(paths.models / m["source"], m["fingerprint"]) for v in recipe["views"].values() for m in v["members"]]
+    files = [recipe["segmenter"]["file"], *[v["file"] for v in recipe["views"].values()]]
+    for file in files:
+        if not (paths.exports / file).exists():
+            return None, f"{paths.exports / file} is missing"
+    for model_file, fingerprint in sources:
+        if model_file.exists() and file_sha256(model_file) != fingerprint:
+            return (
+                None,
+                f"the ONNX export is stale: {model_file.name} changed after it was exported (re-run notebook 04)",
+            )
+    return recipe, ""

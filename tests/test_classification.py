@@ -123,3 +123,14 @@ def test_lighting_touches_only_the_scan_and_mask_aug_only_predicted_masks():
     assert [type(t).__name__ for t in both] == ["ScanLighting", "MaskConfidence"] and both[1].channels == (1,)
     assert [type(t).__name__ for t in extra(["image", "gt_mask"], True)] == ["ScanLighting"]
     assert [t.channels for t in extra(["pred_mask"], True)] == [(0,)]
+
+
+def test_the_kept_epoch_is_the_best_of_the_last_phase_as_fastai_restores_it():
+    import pandas as pd
+
+    history = pd.DataFrame(
+        {"phase": ["frozen", "all", "all", "all"], "f1_score": [0.9, 0.5, 0.7, 0.6]}  # the frozen epoch scores best
+    )
+    assert cls.kept_epoch(history, keep_best=True) == 2  # SaveModelCallback restarted at the second fit
+    assert cls.kept_epoch(history, keep_best=False) == 3
+    assert cls.kept_epoch(history.assign(phase="all"), keep_best=True) == 0

@@ -262,3 +262,35 @@ def test_finalise_redoes_nothing_when_its_inputs_are_unchanged(quick_vd):
     assert done_now is False
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert finalised == json.loads(paths.classifier_summary.read_text())["finalised"]
+
+
+def test_the_headline_is_the_fused_calibrated_ensemble_the_predictor_ships(quick_vd):
+    """metrics.json's ``method`` row is recomputed here from the members' saved test
+    probabilities through the run's own rule and temperature; and the Predictor, fed test scans
+    from disk, gives those very probabilities. A headline computed any other way fails."""
+    from busi_utils import infer, metrics
+
+    vd, _ = quick_vd
+    paths = vd.paths
+    summary = json.loads(paths.classifier_summary.read_text())
+    views = summary["views"]
+    tt = crossfit.test_table(vd, views, summary["members"])
+    by_view = {v: crossfit.view_matrix(tt, v) for v in views}
+    shipped = fusion.decide(summary["fusion"], by_view, tt["conf"].to_numpy(), summary["finalised"]["temperature"])
+    headline = json.loads(paths.metrics_json.read_text())["classification"]["method"]
+    recomputed = metrics.classification_metrics(tt["label"], shipped)
+    for key in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr"):
+        assert headline[key] == pytest.approx(recomputed[key], abs=1e-9), key
+    worth = json.loads(paths.metrics_json.read_text())["mask_worth"]["paired"]["macro_f1"]["value"]
+    image_only = metrics.classification_metrics(
+        tt["label"], crossfit.view_matrix(crossfit.test_table(vd, ["image_only"], summary["members"]), "image_only")
+    )
+    assert worth == pytest.approx(recomputed["macro_f1"] - image_only["macro_f1"], abs=1e-9)
+    from busi_utils import data
+
+    index = data.read_index(paths.index_csv).set_index("image_id")
+    predictor = infer.Predictor(paths.root, backend="torch")
+    for k in range(3):
+        answer = predictor.predict(index.loc[tt["image_id"].iloc[k], "image_path"])
+        got = np.array([answer.probabilities[c] for c in CLASSES])
+        assert np.allclose(got, shipped[k], atol=1e-4), (k, got, shipped[k])
