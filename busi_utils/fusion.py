@@ -15,9 +15,11 @@ views always enter: the course's design is that the mask says where to look, and
 is reported beside the candidates (:data:`REFERENCES`) as part of the ablation. The candidates are
 compared on out-of-fold probabilities of the training pool (every fitted part cross-validated
 over the folds), and :func:`choose` keeps the simplest whose macro-F1 is within one standard
-error of the best (the "one-SE rule" of Breiman et al. 1984; the error of the paired difference,
-bootstrapped over images): a rule that wins by less than its own noise on a few hundred images
-does not survive a second run, and its extra parameters are then a cost without a gain.
+error of the best: a paired variant of the "one-SE rule" of Breiman et al. (1984), with the error
+of each rule's macro-F1 *difference* from the best (bootstrapped over images, the fitted
+thresholds and coefficients held fixed, so the noise of refitting them is not counted). A rule
+that wins by less than its own noise on a few hundred images may not survive a second run, and
+its fitted parameters are then a cost without a gain.
 """
 
 from __future__ import annotations
@@ -153,7 +155,10 @@ def paired_se(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, seed: int = 0, n_
 
 
 def _f1_labels(y: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over the three classes from predicted labels (numpy only: inside a bootstrap)."""
+    """Macro-F1 over all three classes from predicted labels (numpy only: inside a bootstrap). A
+    class absent from both truth and prediction counts 0, as in sklearn with ``labels=range(3)``;
+    :func:`busi_utils.metrics.classification_metrics` averages over the classes present instead.
+    They agree on a training pool, which holds all three classes."""
     k = len(CLASSES)
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(float)

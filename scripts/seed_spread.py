@@ -12,7 +12,7 @@ training alone: what a second run on the same machine would move.
 Rows (seed x variant, test metrics) go to ``benchmarks/seed_spread.csv``; finished seeds are
 resumed from their saved members. Needs a run folder with notebooks 01-04 done.
 
-    python scripts/seed_spread.py --run-dir runs/cpu --seeds 42 1 2
+    python scripts/seed_spread.py --run-dir runs/cpu            # the run's seed, then 1 and 2
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from busi_utils import benchmark, config, crossfit, data, fusion, metrics, runfolder, uncertainty
 from busi_utils import classification as cls
+from busi_utils.files import read_json
 
 KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
 
@@ -58,6 +59,15 @@ def seed_rows(vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_
     return rows
 
 
+def run_seed_of(paths: runfolder.RunPaths) -> int:
+    """The seed the run folder's own members were trained with (from ``metrics.json``): only
+    that seed may resume them; every other seed saves tagged members beside them."""
+    m = read_json(paths.metrics_json)
+    if m is None or "seed" not in m:
+        raise SystemExit(f"{paths.metrics_json}: missing (run notebooks 01-05 first): the run's seed is read from it")
+    return int(m["seed"])
+
+
 def spread(table):
     """Mean, SD and range over seeds per variant."""
     g = table.groupby("variant", sort=False)
@@ -70,20 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, help="a run folder with notebooks 01-04 done")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="the first is the run's own seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the run's own seed, then 1 and 2")
     ap.add_argument("--out", default=str(benchmark.benchmarks_dir() / "seed_spread.csv"))
     args = ap.parse_args(argv)
     cfg = config.load_profile(args.profile)
     paths = runfolder.RunPaths(Path(args.run_dir).resolve())
     index, split = data.read_index(paths.index_csv), paths.read_split()
     vd = cls.load_variant_data(paths, index, split, cfg["classify"]["size"], progress=False)
-    run_seed = args.seeds[0]
+    run_seed = run_seed_of(paths)
+    seeds = args.seeds or [run_seed, *(s for s in (1, 2) if s != run_seed)]
     info = benchmark.machine_info()
-    for seed in args.seeds:
+    for seed in seeds:
         rows = [dict(r, **info) for r in seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed)]
         table = benchmark.append_rows(Path(args.out), rows, ["seed", "variant"])
         print(f"seed {seed}:", {r["variant"]: (r["accuracy"], r["macro_f1"]) for r in rows}, flush=True)
-    table = table[table["seed"].isin(args.seeds) & (table["members"] == len(cfg["ensemble"]["members"]))]
+    table = table[table["seed"].isin(seeds) & (table["members"] == len(cfg["ensemble"]["members"]))]
     print(spread(table).to_string())
     ahead = table.pivot(index="seed", columns="variant", values="macro_f1")
     print("method ahead of image-only in every seed:", bool(np.all(ahead["method"] > ahead["image_only"])))
