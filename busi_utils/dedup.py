@@ -9,6 +9,8 @@ small shifts so a few pixels of crop do not matter).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -132,8 +134,22 @@ def summarise_groups(groups: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+THRESHOLDS = {"max_hamming": 14, "min_similarity": 0.95}  # find_duplicate_pairs' defaults
+
+
+def groups_file(groups_csv, **thresholds) -> Path:
+    """Where the groups of these thresholds are cached: the run's own file for the defaults, a
+    file named by the thresholds otherwise (an exercise never replaces the run's groups)."""
+    t = {**THRESHOLDS, **thresholds}
+    path = Path(groups_csv)
+    if t == THRESHOLDS:
+        return path
+    return path.with_name(f"{path.stem}_hamming{t['max_hamming']}_similarity{t['min_similarity']}{path.suffix}")
+
+
 def audit_duplicates(index: pd.DataFrame, groups_csv, progress: bool = True, **thresholds) -> pd.DataFrame:
-    """Pairs -> groups, computed once per run folder (``duplicate_groups.csv``) and reused."""
+    """Pairs -> groups, computed once per run folder and thresholds (``duplicate_groups.csv`` for
+    the defaults; see :func:`groups_file`) and reused."""
     from .files import cached_csv
 
     def make() -> pd.DataFrame:
@@ -149,7 +165,7 @@ def audit_duplicates(index: pd.DataFrame, groups_csv, progress: bool = True, **t
         groups["has_exact_copy"] = groups["image_id"].isin(exact)
         return groups
 
-    groups = cached_csv(groups_csv, make)
+    groups = cached_csv(groups_file(groups_csv, **thresholds), make)
     groups["cross_label"] = groups["cross_label"].astype(str).str.lower().eq("true")
     groups["has_exact_copy"] = groups["has_exact_copy"].astype(str).str.lower().eq("true")
     return groups

@@ -125,3 +125,17 @@ def test_a_random_split_leaks_copies_and_the_grouped_split_does_not():
         for k in range(3):  # nor between the folds
             inside, outside = pool.loc[pool["fold"] == k, "image_id"], pool.loc[pool["fold"] != k, "image_id"]
             assert splits.copies_across(groups, outside, inside) == 0
+
+
+def test_the_duplicate_cache_is_keyed_by_its_thresholds(synthetic_index, tmp_path):
+    """The exercise "vary the threshold" must see its own threshold, and leave the run's groups alone."""
+    run_file = tmp_path / "duplicate_groups.csv"
+    default = dedup.audit_duplicates(synthetic_index, run_file, progress=False)
+    strict = dedup.audit_duplicates(synthetic_index, run_file, progress=False, max_hamming=0, min_similarity=0.9999)
+    assert run_file.exists() and dedup.groups_file(run_file, max_hamming=0, min_similarity=0.9999).exists()
+    assert dedup.groups_file(run_file, **dedup.THRESHOLDS) == run_file
+    # near copies are grouped by the defaults only: stricter thresholds leave fewer images in groups of 2+
+    size = lambda g: int((g.groupby("group")["image_id"].transform("size") > 1).sum())  # noqa: E731
+    assert size(strict) < size(default)
+    again = dedup.audit_duplicates(synthetic_index, run_file, progress=False)  # the run's file, unchanged
+    assert again["group"].astype(str).tolist() == default["group"].astype(str).tolist()
