@@ -60,7 +60,9 @@ def veto(p: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
-    return _f1_labels(y, np.asarray(p).argmax(1))
+    from .metrics import macro_f1_indices  # here: metrics imports pandas, which the light Predictor never loads
+
+    return macro_f1_indices(y, np.asarray(p).argmax(1))
 
 
 def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
@@ -145,25 +147,15 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf, s
 def paired_se(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, seed: int = 0, n_boot: int = N_BOOT_SE) -> float:
     """Bootstrap standard error of macro-F1(a) - macro-F1(b) over images (both scored on the
     same resampled images each time). 0 when a and b give the same answers."""
+    from .metrics import macro_f1_indices  # here: metrics imports pandas, which the light Predictor never loads
+
     a, b = np.asarray(p_a).argmax(1), np.asarray(p_b).argmax(1)
     if np.array_equal(a, b):
         return 0.0
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_boot, len(y)))
-    diffs = [_f1_labels(y[i], a[i]) - _f1_labels(y[i], b[i]) for i in idx]
+    diffs = [macro_f1_indices(y[i], a[i]) - macro_f1_indices(y[i], b[i]) for i in idx]
     return float(np.std(diffs, ddof=1))
-
-
-def _f1_labels(y: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over all three classes from predicted labels (numpy only: inside a bootstrap). A
-    class absent from both truth and prediction counts 0, as in sklearn with ``labels=range(3)``;
-    :func:`busi_utils.metrics.classification_metrics` averages over the classes present instead.
-    They agree on a training pool, which holds all three classes."""
-    k = len(CLASSES)
-    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)))
 
 
 def _floor(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:

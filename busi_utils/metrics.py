@@ -53,6 +53,22 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((rankdata(score)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _per_class(y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 from class indices, as sklearn's
+    ``precision_recall_fscore_support(labels=range(3), zero_division=0)``."""
+    n = len(CLASSES)
+    tp = np.bincount(y[pred == y], minlength=n).astype(float)
+    said = np.bincount(pred, minlength=n)
+    return _ratio(tp, said), _ratio(tp, counts), _ratio(2 * tp, said + counts)
+
+
+def macro_f1_indices(y: np.ndarray, pred: np.ndarray) -> float:
+    """:func:`classification_metrics`' macro-F1 (over the classes present in the truth) from
+    class indices: NumPy only, for loops that score thousands of resamples."""
+    counts = np.bincount(y, minlength=len(CLASSES))
+    return float(np.mean(_per_class(y, pred, counts)[2][counts > 0]))
+
+
 def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1, per-class precision/recall/F1, malignant sensitivity and
     specificity (malignant vs the rest), ROC AUC, and two lesion scores.
@@ -80,11 +96,7 @@ def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str
     present = [k for k in range(len(CLASSES)) if counts[k]]
     if not present:
         return {}
-    n = len(CLASSES)  # as sklearn's precision_recall_fscore_support(labels=range(n), zero_division=0)
-    tp = np.bincount(y[pred == y], minlength=n).astype(float)
-    said = np.bincount(pred, minlength=n)
-    p, r = _ratio(tp, said), _ratio(tp, counts)
-    f = _ratio(2 * tp, said + counts)
+    p, r, f = _per_class(y, pred, counts)
     out = {"accuracy": float((pred == y).mean()), "macro_f1": float(np.mean(f[present]))}
     for k, c in enumerate(CLASSES):
         out[f"{c}_precision"] = float(p[k])
