@@ -21,6 +21,7 @@ The method's ensembles of these are :mod:`busi_utils.crossfit`; the decision fus
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .config import CLASSES
+from .files import cached_json
 from .images import resize_prob
 from .preprocess import ArrayStore
 from .runfolder import RunPaths
@@ -439,10 +441,27 @@ def random_split_experiment(
     test_frac: float = 0.2,
     epochs: int | None = None,
     show_progress: bool = False,
+    cache: Path | None = None,
 ) -> dict:
     """The leak most BUSI papers have: an ungrouped random split (duplicates may cross it,
     cross-label copies kept). Trains the image-only recipe on it and reports its test
-    metrics and how many test images have a copy in training. Compare with the grouped split."""
+    metrics and how many test images have a copy in training. Compare with the grouped split.
+
+    With ``cache`` (a JSON file in the run folder) a re-run reads the answer computed from the
+    same images, labels, recipe, seed and split fraction instead of training again."""
+    if cache is not None:
+        key = {
+            "images": hashlib.sha256(
+                ",".join(index["image_id"] + ":" + index["label"].astype(str)).encode()
+            ).hexdigest(),
+            "groups": hashlib.sha256(groups.to_csv(index=False).encode()).hexdigest(),
+            "recipe": recipe,
+            "seed": seed,
+            "test_frac": test_frac,
+            "epochs": epochs,
+        }
+        make = lambda: random_split_experiment(index, groups, recipe, seed, test_frac, epochs, show_progress)  # noqa: E731
+        return cached_json(cache, key, make)
     from sklearn.model_selection import train_test_split
 
     from .metrics import classification_metrics

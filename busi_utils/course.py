@@ -43,7 +43,7 @@ def products_fingerprint(paths: RunPaths) -> dict[str, str]:
         for path in sorted((paths.root / folder).rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 out[str(path.relative_to(paths.root))] = file_sha256(path)
-    for path in (paths.metrics_json, paths.external_report):  # results, compared without their timing entry
+    for path in (paths.metrics_json,):  # results (07 adds its external block), compared without the timing entry
         doc = read_json(path)
         if doc is not None:
             doc.pop("timing", None)
@@ -69,9 +69,12 @@ def run_course(
     only: list[str] | None = None,
     kernel_name: str | None = None,
     progress: bool = True,
+    cell_timeout: int | None = None,
 ) -> dict:
     """Execute the notebooks (or those whose number is in ``only``) and return ``timing.json``'s
-    content. ``progress``: papermill's progress bar over each notebook's cells."""
+    content. ``progress``: papermill's progress bar over each notebook's cells. ``cell_timeout``:
+    seconds after which a cell that has not finished fails the run (the tests' guard against a
+    hang; none by default, since a full cell on a slow laptop may legitimately take long)."""
     import papermill as pm
 
     paths = RunPaths.for_profile(profile, run_dir)
@@ -96,6 +99,7 @@ def run_course(
             cwd=str(nb.parent),
             kernel_name=kernel_name,
             progress_bar=progress,  # one bar per notebook, cell by cell
+            execution_timeout=cell_timeout,
             log_output=False,
             # the kernel's only log line is ipykernel's notice that a local kernel talks over TCP
             # without encryption (papermill's default transport, on this machine only): not for learners

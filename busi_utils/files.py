@@ -107,3 +107,18 @@ def cached_csv(path: str | os.PathLike, make):
     df = make()
     atomic_write_text(path, df.to_csv(index=False))
     return df
+
+
+def cached_json(path: str | os.PathLike, key: dict, make) -> Any:
+    """Return the result saved at ``path`` when it was made from the same ``key`` (the inputs
+    it came from: ids, recipe, seed...), else make it, save it with its key atomically and
+    return it. A re-run of a chapter then reads what a finished run already computed, and
+    any change of input recomputes instead of serving a stale answer."""
+    path = Path(path)
+    key = json_safe(key)
+    saved = read_json(path)
+    if isinstance(saved, dict) and saved.get("key") == key:
+        return saved["result"]
+    result = make()
+    atomic_write_json(path, {"key": key, "result": result})
+    return result

@@ -14,8 +14,8 @@ before they are written, so a reader finds the whole contract here::
       preds/     <view>_fold<k>_{oof,test}.csv: each member's out-of-fold and test probabilities (04, 05)
       exports/   unet.onnx, <view>.onnx, ood.npz, recipe.json                        (04)
       figures/   plots of notebook 05 (the cpu profile writes the README's to figures/)
-      metrics.json, timing.json                                                      (05, runner)
-      external_report.json                                                            (07)
+      preds/     random_split.json: 05's leaky-split experiment, kept for a re-run   (05)
+      metrics.json (05; 07 adds its "external" block), timing.json (the runner)
       notebooks/ the executed notebooks (papermill)
 """
 
@@ -77,8 +77,8 @@ class RunPaths:
     export_recipe = property(lambda self: self.exports / "recipe.json")
     # 05, 07 and the runner
     metrics_json = property(lambda self: self.root / "metrics.json")
+    random_split_json = property(lambda self: self.preds / "random_split.json")  # 05's leaky-split experiment
     timing_json = property(lambda self: self.root / "timing.json")
-    external_report = property(lambda self: self.root / "external_report.json")
 
     def fold_unet(self, fold: int) -> Path:
         """The U-Net trained without fold ``fold``: it predicts that fold's masks and is one

@@ -56,35 +56,69 @@ def real_groups(real_index):
     return dedup.group_duplicates(real_index, pairs)
 
 
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """The whole course run once in the quick profile (real BUSI when BUSI_ROOT is set, else
-    synthetic). Returns the run folder and, per notebook, the papermill error or None."""
-    from busi_utils.course import course_notebooks, run_course
+CELL_TIMEOUT = 600  # seconds: a quick-profile cell that runs longer has hung (the longest takes ~1 min here)
 
-    run_dir = tmp_path_factory.mktemp("run_quick")
-    errors: dict[str, BaseException | None] = {}
-    for nb in course_notebooks():
-        try:
-            run_course("quick", str(run_dir), only=[nb.name[:2]])
-            errors[nb.name] = None
-        except Exception as err:  # papermill's error names the failing cell
-            errors[nb.name] = err
-            break
-    return run_dir, errors
+
+class QuickRun:
+    """The course in the quick profile (real BUSI when BUSI_ROOT is set, else synthetic), run
+    notebook by notebook as far as the tests of this session need: ``upto("05")`` runs 01-05
+    once, so a test of the Predictor does not wait for chapter 7. ``errors`` holds, per notebook
+    run, papermill's error (it names the failing cell) or None; a failure stops the run there."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.errors: dict[str, BaseException | None] = {}
+
+    def upto(self, prefix: str) -> dict[str, BaseException | None]:
+        from busi_utils.course import course_notebooks, run_course
+
+        for nb in course_notebooks():
+            if nb.name[:2] > prefix:
+                break
+            if nb.name in self.errors:
+                if self.errors[nb.name] is not None:
+                    break
+                continue
+            try:
+                run_course("quick", str(self.run_dir), only=[nb.name[:2]], cell_timeout=CELL_TIMEOUT)
+                self.errors[nb.name] = None
+            except Exception as err:
+                self.errors[nb.name] = err
+                break
+        return self.errors
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> QuickRun:
+    return QuickRun(tmp_path_factory.mktemp("run_quick"))
 
 
 @pytest.fixture(scope="session")
 def quick_paths(quick_run):
-    """The quick run's folder, once notebooks 01-05 have succeeded (else the test is skipped
-    as an error of the notebook test, which reports the real failure)."""
+    """The quick run's folder, once notebooks 01-05 have succeeded (else the test fails, and
+    the notebook test reports the real failure)."""
     from busi_utils.runfolder import RunPaths
 
-    run_dir, errors = quick_run
-    needed = [n for n in errors if n[:2] in ("01", "02", "03", "04", "05")]
+    errors = quick_run.upto("05")
+    needed = [n for n in errors if n[:2] <= "05"]
     if len(needed) < 5 or any(errors[n] for n in needed):
         pytest.fail("the quick course run failed; see test_notebooks for the failing cell")
-    return RunPaths.for_profile("quick", run_dir)
+    return RunPaths.for_profile("quick", quick_run.run_dir)
+
+
+@pytest.fixture(scope="session")
+def complete_quick_paths(quick_paths, quick_run):
+    """The quick run's folder once every notebook, chapter 7 included, has succeeded."""
+    errors = quick_run.upto("99")
+    if any(errors.values()) or len(errors) < len(_course_notebooks()):
+        pytest.fail("the quick course run failed; see test_notebooks for the failing cell")
+    return quick_paths
+
+
+def _course_notebooks():
+    from busi_utils.course import course_notebooks
+
+    return course_notebooks()
 
 
 @pytest.fixture(scope="session")

@@ -202,7 +202,10 @@ def test_oversized_images_are_refused_from_the_header(quick_paths, tmp_path):
 
 def test_onnx_export_matches_the_torch_models(quick_paths, scan, tmp_path):
     """Same images through the torch graphs and the exported ONNX graphs: probabilities within
-    1e-4, masks equal to the pixel."""
+    1e-4, and masks equal at every pixel whose lesion probability is not within 1e-3 of the
+    threshold. Float32 kernels differ between CPUs (and onnxruntime's from torch's) by about
+    1e-6 here; a pixel sitting on the threshold may fall either way on another machine, so
+    only those may differ, and the count of differing pixels is printed."""
     torch_p = infer.Predictor(quick_paths.root, backend="torch")
     onnx_p = infer.Predictor(quick_paths.root, backend="onnx")
     assert (torch_p.backend_name, onnx_p.backend_name) == ("torch", "onnx")
@@ -217,10 +220,12 @@ def test_onnx_export_matches_the_torch_models(quick_paths, scan, tmp_path):
     for x in inputs:
         a, b = torch_p.predict(x), onnx_p.predict(x)
         worst_p = max(worst_p, max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES))
+        on_threshold = np.abs(a.mask_prob - a.threshold) < 1e-3
+        assert not ((a.mask != b.mask) & ~on_threshold).any(), "masks differ away from the threshold"
         worst_px = max(worst_px, int((a.mask != b.mask).sum()))
         assert a.ood_score == pytest.approx(b.ood_score, rel=1e-3)
     print(f"largest probability difference {worst_p:.2e}, differing mask pixels {worst_px}")
-    assert worst_p < 1e-4 and worst_px == 0
+    assert worst_p < 1e-4
 
 
 def test_light_path_imports_neither_torch_nor_fastai(quick_paths, scan, tmp_path):

@@ -82,7 +82,7 @@ def test_one_channel_stem_sees_a_gray_scan_as_the_rgb_stem_sees_it():
     assert torch.allclose(pretrained.adapt_first_conv(w, 2), w[:, :2] * 1.5)  # fastai's and timm's rule for 2
 
 
-def test_unet_encoder_is_pretrained_and_freezing_trains_only_the_decoder():
+def test_unet_encoder_is_pretrained_and_split_from_the_new_layers():
     model = seg.build_segmenter("lite0", verbose=False)
     reference = pretrained.create_lite0(1, features_only=True)
     assert torch.equal(model.encoder.conv_stem.weight, reference.conv_stem.weight)
@@ -94,6 +94,31 @@ def test_unet_encoder_is_pretrained_and_freezing_trains_only_the_decoder():
     assert len(encoder) + len(new) == len(list(model.parameters()))
     assert {id(p) for p in new} >= {id(p) for p in model.head.parameters()}
     assert model(torch.rand(2, 1, 96, 96)).shape == (2, 1, 96, 96)
+
+
+def test_freezing_trains_only_the_decoder():
+    """fastai's ``freeze`` through the course's splitter: one step of training moves the
+    decoder and leaves the pretrained encoder's convolutions as they were (fastai keeps
+    BatchNorm trainable, ``train_bn``, so only its layers may move in the encoder)."""
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+
+    torch.manual_seed(0)
+    model = seg.build_segmenter("lite0", verbose=False)
+    items = [(torch.rand(1, 64, 64), (torch.rand(1, 64, 64) > 0.7).float()) for _ in range(4)]
+    dls = DataLoaders(DataLoader(items, bs=2, shuffle=False), DataLoader(items[:2], bs=2), device="cpu")
+    learn = Learner(dls, model, loss_func=seg.DiceBCELoss(), splitter=seg.encoder_decoder_split)
+    convs = lambda m: {n: p.detach().clone() for n, p in m.named_parameters() if p.ndim == 4}  # noqa: E731
+    enc0, dec0 = convs(model.encoder), convs(model.head)
+    training.quiet(learn)
+    learn.freeze()
+    learn.fit(1, 1e-2)
+    assert all(torch.equal(p, enc0[n]) for n, p in convs(model.encoder).items())
+    assert any(not torch.equal(p, dec0[n]) for n, p in convs(model.head).items())
+    learn.unfreeze()
+    learn.fit(1, 1e-2)
+    assert any(not torch.equal(p, enc0[n]) for n, p in convs(model.encoder).items())  # a negative control
 
 
 def test_classifier_body_is_pretrained_for_two_channels():

@@ -16,7 +16,7 @@ from busi_utils.errors import SchemaError
 ROOT = config.repo_root()
 RUN_FILE = re.compile(
     r"(stage1_summary|unet_fold|classifier_summary|split_manifest|duplicate_groups|index\.csv|source\.json|manifest\.csv|"
-    r"metrics\.json|timing\.json|recipe\.json|ood\.npz|\.onnx|test_uncertainty|external_report)"
+    r"metrics\.json|timing\.json|random_split\.json|recipe\.json|ood\.npz|\.onnx|test_uncertainty)"
 )
 
 
@@ -84,10 +84,16 @@ def _strict_json(path: Path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_every_json_file_the_course_writes_is_strict_json(quick_paths):
+def test_every_json_file_the_course_writes_is_strict_json(complete_quick_paths):
     """jq, JavaScript and strict parsers refuse NaN / Infinity: the course writes null instead."""
-    found = sorted(p for p in quick_paths.root.rglob("*.json") if "notebooks" not in p.parts)
-    assert {p.name for p in found} >= {"metrics.json", "classifier_summary.json", "recipe.json", "source.json"}
+    found = sorted(p for p in complete_quick_paths.root.rglob("*.json") if "notebooks" not in p.parts)
+    assert {p.name for p in found} >= {
+        "metrics.json",
+        "classifier_summary.json",
+        "recipe.json",
+        "source.json",
+        "random_split.json",
+    }
     for path in found:
         _strict_json(path)
 
@@ -99,3 +105,23 @@ def test_undefined_numbers_are_written_as_null(tmp_path):
         tmp_path / "x.json", {"auc": float("nan"), "n": np.int64(3), "v": [np.float32(0.5), np.inf]}
     )
     assert _strict_json(tmp_path / "x.json") == {"auc": None, "n": 3, "v": [0.5, None]}
+
+
+def test_a_cached_result_is_read_back_for_the_same_inputs_and_remade_for_others(tmp_path):
+    """Chapter 5's re-run reads the leaky-split experiment back (``files.cached_json``) instead
+    of training again, but never serves an answer made from other inputs."""
+    calls = []
+
+    def make(value):
+        def compute():
+            calls.append(value)
+            return {"accuracy": value}
+
+        return compute
+
+    path = tmp_path / "random_split.json"
+    key = {"images": "abc", "recipe": {"epochs": 2}, "seed": 0}
+    assert files.cached_json(path, key, make(0.7)) == {"accuracy": 0.7}
+    assert files.cached_json(path, key, make(0.1)) == {"accuracy": 0.7} and calls == [0.7]
+    assert files.cached_json(path, dict(key, seed=1), make(0.6)) == {"accuracy": 0.6} and calls == [0.7, 0.6]
+    _strict_json(path)
