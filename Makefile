@@ -1,6 +1,7 @@
 # busi-course: two commands.
 #   make course   build .venv, find the data, run every notebook (PROFILE=cpu by default)
 #   make test     build .venv if needed, run the test suite (notebooks in the quick profile)
+#   make book     render the executed chapters of runs/$(PROFILE) into a static site (after make course)
 #   make app      serve the demo as a web page on http://127.0.0.1:$(APP_PORT) (needs a trained run)
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
 VENV    ?= .venv
@@ -9,7 +10,7 @@ SEED    ?= 42
 APP_PORT ?= 8866
 BIN      = $(VENV)/bin
 
-.PHONY: env course test lab app results clean-runs
+.PHONY: env course test book lab app results clean-runs
 
 env: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ test: env
 	$(BIN)/ruff check busi_utils scripts tests notebooks
 	$(BIN)/ruff format --check busi_utils scripts tests notebooks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+book: env
+	$(BIN)/python -m busi_utils.book --run-dir runs/$(PROFILE)
 
 app: env
 	$(BIN)/python -m busi_utils.webapp --port $(APP_PORT)

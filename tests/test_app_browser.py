@@ -65,3 +65,22 @@ def test_bad_uploads_get_a_message_and_noise_gets_the_banner(quick_paths, tmp_pa
     assert "too large" in shown["bomb.png"]["error"] and shown["bomb.png"]["label"] is None
     assert shown["noise.png"]["error"] is None and shown["noise.png"]["label"] in CLASSES
     assert shown["noise.png"]["out_of_distribution"] == flagged
+
+
+def test_the_book_opens_in_a_browser_with_its_figures(complete_quick_paths, tmp_path):
+    """``make book``'s contents page in headless Chromium, from disk: a click on a chapter opens
+    its page, whose figures have loaded."""
+    from selenium.webdriver.common.by import By
+
+    from busi_utils import book
+
+    index = book.build_book(complete_quick_paths.root, tmp_path / "book")
+    with webapp.open_page(index.as_uri(), tmp_path / "chrome") as page:
+        assert "busi-course" in page.title
+        page.find_element(By.CSS_SELECTOR, 'main a[href="02_segmentation.html"]').click()
+        assert page.current_url.endswith("02_segmentation.html")
+        assert page.find_element(By.TAG_NAME, "h1").text.strip()
+        loaded = page.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);"
+        )
+    assert loaded and all(loaded)
