@@ -34,7 +34,7 @@ book: env
 	$(BIN)/python -m busi_utils.book --run-dir runs/$(PROFILE)
 
 app: env
-	$(BIN)/python -m busi_utils.webapp --port $(APP_PORT)
+	$(BIN)/python -m busi_utils.serve.webapp --port $(APP_PORT)
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

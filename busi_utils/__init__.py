@@ -1,18 +1,29 @@
-"""busi_utils: the small library behind the busi-course notebooks.
+"""busi_utils: the small library behind the busi-course notebooks, in one folder per stage of
+the data's journey (the README's "Library" section lists every module):
 
-One module per idea, in the order of the course (the README's "Library" section says what each
-holds): ``config``, ``runfolder``, ``files``, ``errors``, ``images`` (the core); ``data``,
-``synthetic``, ``dedup``, ``splits``, ``preprocess`` (chapter 1); ``pretrained``, ``training``,
-``augment``, ``segmentation`` (chapter 2); ``oof`` (chapter 3); ``classification``, ``shape``,
-``crossfit``, ``fusion``, ``export`` (chapter 4); ``metrics``, ``uncertainty``, ``explain``,
-``report``, ``viz`` (chapter 5); ``infer``, ``widgets``, ``webapp`` (chapter 6); ``external``,
-``evaluate`` (chapter 7); ``benchmark`` and ``course`` (the scripts and ``make course``).
+* ``core``: configuration and profiles, errors, atomic files, the run folder, pixel
+  conversions, shared plots, benchmarks;
+* ``data`` (chapter 1): finding and checking BUSI, the index, duplicates, the grouped split,
+  the resized-array cache, external sets;
+* ``stage1`` (chapters 2 and 3): pretrained encoders, the training loop, augmentation, the
+  U-Net, the leakage-safe masks;
+* ``stage2`` (chapter 4): the classifiers' inputs and recipe, the lesion view and shape
+  evidence, cross-fitted members, the fused decision;
+* ``evaluation`` (chapters 5 and 7): metrics and intervals, calibration and uncertainty,
+  Grad-CAM, the leakage experiments, the results file, external evaluation;
+* ``serve`` (chapter 6): the export and its graphs, the Predictor and its command line, the
+  widgets app and the web page;
+* ``course`` and ``book``: ``make course`` and ``make book``.
 
+The flat names of earlier releases (``busi_utils.segmentation``) still import, with a warning.
 Research and teaching only: nothing here is a diagnostic device.
 """
+
+from busi_utils import _aliases
 
 __version__ = "0.1.0"
 DISCLAIMER = (
     "For research and teaching only. This is not a medical device and must not be used "
     "for diagnosis or treatment decisions."
 )
+_aliases.install()

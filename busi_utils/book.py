@@ -23,10 +23,10 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
-from .course import course_notebooks
-from .errors import RunFolderError
-from .files import atomic_write_text, read_json
-from .runfolder import RunPaths
+from busi_utils.core.errors import RunFolderError
+from busi_utils.core.files import atomic_write_text, read_json
+from busi_utils.core.runfolder import RunPaths
+from busi_utils.course import course_notebooks
 
 DISCLAIMER = "For research and teaching only: not a diagnostic device."
 _HEADING = re.compile(r"<h([12])[^>]*\bid=\"([^\"]+)\"[^>]*>(.*?)</h\1>", re.S)

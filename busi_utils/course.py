@@ -20,10 +20,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .config import PROFILES, repo_root
-from .files import atomic_write_json, file_sha256, read_json
-from .report import read_timing, timing_block
-from .runfolder import RunPaths
+from busi_utils.core.config import PROFILES, repo_root
+from busi_utils.core.files import atomic_write_json, file_sha256, read_json
+from busi_utils.core.runfolder import RunPaths
+from busi_utils.evaluation.report import read_timing, timing_block
 
 
 def course_notebooks(folder: Path | None = None) -> list[Path]:

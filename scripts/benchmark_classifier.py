@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from busi_utils import benchmark, data, metrics, runfolder
-from busi_utils import classification as cls
-from busi_utils import segmentation as seg
+from busi_utils import data
+from busi_utils.core import benchmark, runfolder
+from busi_utils.evaluation import metrics
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import classification as cls
 
 DEFAULTS = {"arch": "lite0", "pretrained": True, "size": 96, "epochs": 10, "batch_size": 32, "lr": 2e-3}
 KEY = ["name", "variant", "fold", "seed"]

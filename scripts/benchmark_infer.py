@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from busi_utils import benchmark, data, runfolder
+from busi_utils import data
+from busi_utils.core import benchmark, runfolder
 
 
 def timed(cmd: list[str]) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
             base = [
                 sys.executable,
                 "-m",
-                "busi_utils.infer",
+                "busi_utils.serve.infer",
                 "--run",
                 str(paths.root),
                 "--backend",

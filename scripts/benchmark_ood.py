@@ -19,7 +19,10 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from busi_utils import benchmark, data, external, files, infer, runfolder
+from busi_utils import data
+from busi_utils.core import benchmark, files, runfolder
+from busi_utils.data import external
+from busi_utils.serve import infer
 
 
 def non_ultrasound_images(n: int = 20, seed: int = 0) -> dict[str, list[np.ndarray]]:

@@ -1,7 +1,7 @@
 """Benchmark U-Net candidates across folds and seeds on one run folder's split (not a timed test).
 
 Each candidate is trained exactly as the course trains its fold U-Nets
-(:func:`busi_utils.segmentation.train_segmenter`, last epoch kept): on the training pool's lesion
+(:func:`busi_utils.stage1.segmentation.train_segmenter`, last epoch kept): on the training pool's lesion
 images outside fold k, then scored on fold k's lesion images with the recipe's flip TTA, never on
 the test split. Every (candidate, fold, seed) is one row of ``benchmarks/segmentation_folds.csv``
 (with the per-epoch history in ``segmentation_folds_history.csv``); ``segmentation.csv`` holds one row
@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from busi_utils import benchmark, data, preprocess, runfolder
-from busi_utils import segmentation as seg
+from busi_utils import data
+from busi_utils.core import benchmark, runfolder
+from busi_utils.data import preprocess
+from busi_utils.stage1 import segmentation as seg
 
 DEFAULTS = {
     "arch": "light",

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from busi_utils import config, runfolder, webapp
-from busi_utils.synthetic import synthetic_case
+from busi_utils.core import config, runfolder
+from busi_utils.data.synthetic import synthetic_case
+from busi_utils.serve import webapp
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ timed test).
 For each seed, every view of the profile's ensemble and the image-only ablation get their
 cross-fitted members (the run's own members for the run's seed; for another seed, members
 saved beside them as ``..._fold<k>_seed<s>.pt``), and the whole of notebook 04's decision is
-redone from that seed's out-of-fold probabilities: the fused rule (:func:`busi_utils.fusion.select`),
-the temperature, then the test answers as the Predictor computes them (:func:`busi_utils.fusion.decide`).
+redone from that seed's out-of-fold probabilities: the fused rule (:func:`busi_utils.stage2.fusion.select`),
+the temperature, then the test answers as the Predictor computes them (:func:`busi_utils.stage2.fusion.decide`).
 The split and the stage-1 masks stay those of the run, so the spread is that of stage 2's
 training alone: what a second run on the same machine would move.
 
@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from busi_utils import benchmark, config, crossfit, data, fusion, metrics, runfolder, uncertainty
-from busi_utils import classification as cls
-from busi_utils.files import read_json
+from busi_utils import data
+from busi_utils.core import benchmark, config, runfolder
+from busi_utils.core.files import read_json
+from busi_utils.evaluation import metrics, uncertainty
+from busi_utils.stage2 import classification as cls
+from busi_utils.stage2 import crossfit, fusion
 
 KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
 

@@ -15,8 +15,9 @@ if "BUSI_CACHE" not in os.environ:
     os.environ["BUSI_CACHE"] = tempfile.mkdtemp(prefix="busi-test-cache-")
 os.environ.setdefault("BUSI_OFFLINE", "1")  # tests never download
 
-from busi_utils import data, dedup  # noqa: E402
-from busi_utils.synthetic import make_synthetic_busi  # noqa: E402
+from busi_utils import data  # noqa: E402
+from busi_utils.data import dedup
+from busi_utils.data.synthetic import make_synthetic_busi  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +98,7 @@ def quick_run(tmp_path_factory) -> QuickRun:
 def quick_paths(quick_run):
     """The quick run's folder, once notebooks 01-05 have succeeded (else the test fails, and
     the notebook test reports the real failure)."""
-    from busi_utils.runfolder import RunPaths
+    from busi_utils.core.runfolder import RunPaths
 
     errors = quick_run.upto("05")
     needed = [n for n in errors if n[:2] <= "05"]

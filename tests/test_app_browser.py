@@ -13,9 +13,10 @@ import pytest
 from helpers import png_header_only
 from PIL import Image
 
-from busi_utils import config, webapp
-from busi_utils.config import CLASSES
-from busi_utils.infer import Predictor
+from busi_utils.core import config
+from busi_utils.core.config import CLASSES
+from busi_utils.serve import webapp
+from busi_utils.serve.infer import Predictor
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +81,5 @@ def test_the_book_opens_in_a_browser_with_its_figures(complete_quick_paths, tmp_
         page.find_element(By.CSS_SELECTOR, 'main a[href="02_segmentation.html"]').click()
         assert page.current_url.endswith("02_segmentation.html")
         assert page.find_element(By.TAG_NAME, "h1").text.strip()
-        loaded = page.execute_script(
-            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);"
-        )
+        loaded = page.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);")
     assert loaded and all(loaded)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from busi_utils import book
+from busi_utils.core.errors import RunFolderError
 from busi_utils.course import course_notebooks
-from busi_utils.errors import RunFolderError
 
 HREF = re.compile(r'href="([^"#:]+\.html)(?:#([^"]*))?"')
 ID = re.compile(r'\bid="([^"]+)"')

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from busi_utils import classification as cls
-from busi_utils import data, oof, preprocess
+from busi_utils import data
+from busi_utils.data import preprocess
+from busi_utils.stage1 import oof
+from busi_utils.stage2 import classification as cls
 
 
 @pytest.fixture(scope="module")
 def variant_data(quick_paths):
-    from busi_utils import config
+    from busi_utils.core import config
 
     recipe = config.load_profile("quick")["classify"]
     split = quick_paths.read_split()
@@ -86,7 +88,7 @@ def test_class_weights_favour_rare_classes():
 def test_class_order_is_the_same_everywhere():
     """fastai sorts a vocab unless told not to; probabilities, weights and labels must all use
     CLASSES order (normal, benign, malignant) or every metric is silently permuted."""
-    from busi_utils.config import CLASSES
+    from busi_utils.core.config import CLASSES
 
     x = np.zeros((6, 1, 16, 16), np.float32)
     y = ["normal", "benign", "malignant"] * 2
@@ -109,7 +111,7 @@ def test_new_masks_mean_a_new_classifier_not_a_resumed_one(variant_data):
 def test_lighting_touches_only_the_scan_and_mask_aug_only_predicted_masks():
     """mask_only has no scan: no lighting may touch its (mask) channel; MaskConfidence acts on
     predicted-mask channels only, never on a ground-truth mask."""
-    from busi_utils.augment import MaskConfidence, ScanLighting, ultrasound_multichannel
+    from busi_utils.stage1.augment import MaskConfidence, ScanLighting, ultrasound_multichannel
 
     def extra(kinds, mask_aug):
         return [

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-from busi_utils import course, files, report
-from busi_utils.runfolder import RunPaths
+from busi_utils import course
+from busi_utils.core import files
+from busi_utils.core.runfolder import RunPaths
+from busi_utils.evaluation import report
 
 
 def test_a_resume_is_logged_and_a_computing_run_replaces_the_time():

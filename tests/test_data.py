@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from busi_utils import data
-from busi_utils.data import BusiDataError, DataNotFoundError
+from busi_utils.data import BusiDataError, DataNotFoundError, sources
 
 
 def snapshot(root: Path) -> dict:
@@ -214,7 +214,7 @@ def test_data_folder_is_searched(synthetic_root, tmp_path, monkeypatch):
 
 def test_kagglehub_download_path(synthetic_root, tmp_path, monkeypatch):
     monkeypatch.delenv("BUSI_ROOT", raising=False)
-    monkeypatch.setattr(data, "download_with_kagglehub", lambda: synthetic_root.parent)
+    monkeypatch.setattr(sources, "download_with_kagglehub", lambda: synthetic_root.parent)
     src = data.resolve_data(data_dir=tmp_path, allow_download=True, allow_synthetic=False)
     assert src.kind == "kaggle" and src.root == synthetic_root
 
@@ -225,7 +225,7 @@ def test_nothing_found_lists_what_was_tried(tmp_path, monkeypatch):
     def offline():
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(data, "download_with_kagglehub", offline)
+    monkeypatch.setattr(sources, "download_with_kagglehub", offline)
     with pytest.raises(DataNotFoundError) as err:
         data.resolve_data(data_dir=tmp_path, allow_download=True, allow_synthetic=False)
     msg = str(err.value)
@@ -240,7 +240,7 @@ def test_synthetic_fallback_is_loud(tmp_path, monkeypatch):
 
 
 def test_synthetic_generator_is_seeded(tmp_path):
-    from busi_utils.synthetic import make_synthetic_busi as make
+    from busi_utils.data.synthetic import make_synthetic_busi as make
 
     r1 = make(tmp_path / "a", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)
     r2 = make(tmp_path / "b", counts={"benign": 3, "malignant": 2, "normal": 1}, seed=5)

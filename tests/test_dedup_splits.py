@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from busi_utils import dedup, splits
-from busi_utils.errors import LeakageError
+from busi_utils.core.errors import LeakageError
+from busi_utils.data import dedup, splits
 
 
 @pytest.fixture(scope="module")

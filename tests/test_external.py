@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from busi_utils import evaluate, external, metrics, synthetic
-from busi_utils.data import BusiDataError
+from busi_utils.data import BusiDataError, external, synthetic
+from busi_utils.evaluation import evaluate, metrics
 
 
 @pytest.fixture(scope="module", params=["generic", "bus_uclm"])
@@ -108,7 +108,7 @@ def test_subset_keeps_whole_patients(ext_root):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "busi_utils.evaluate", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "busi_utils.evaluation.evaluate", *args], capture_output=True, text=True, timeout=600
     )
 
 
@@ -152,7 +152,7 @@ def test_real_bus_uclm_counts(real_external):
 
 
 def _table(labels, preds_by_variant):
-    from busi_utils.config import CLASSES
+    from busi_utils.core.config import CLASSES
 
     table = pd.DataFrame({"label": labels, "patient": [f"p{k // 2}" for k in range(len(labels))]})
     for v, preds in preds_by_variant.items():

@@ -12,8 +12,10 @@ import pytest
 from helpers import png_header_only
 from PIL import Image
 
-from busi_utils import data, images, infer, runfolder
-from busi_utils.config import CLASSES
+from busi_utils import data
+from busi_utils.core import images, runfolder
+from busi_utils.core.config import CLASSES
+from busi_utils.serve import infer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,9 @@ def scan(quick_test_image):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "busi_utils.infer", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "busi_utils.serve.infer", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_prediction_shapes_and_probabilities(predictor, scan):
@@ -168,7 +172,7 @@ def test_help_explains_every_option():
 
 
 def test_widget_app_headless(predictor, scan, tmp_path):
-    from busi_utils.widgets import InferenceApp
+    from busi_utils.serve.widgets import InferenceApp
 
     Image.fromarray(scan).save(tmp_path / "scan.png")
     app = InferenceApp(predictor, {"scan": str(tmp_path / "scan.png")})
@@ -231,7 +235,7 @@ def test_onnx_export_matches_the_torch_models(quick_paths, scan, tmp_path):
 def test_light_path_imports_neither_torch_nor_fastai(quick_paths, scan, tmp_path):
     Image.fromarray(scan).save(tmp_path / "scan.png")
     code = (
-        "import sys\nfrom busi_utils import infer\n"
+        "import sys\nfrom busi_utils.serve import infer\n"
         f"p = infer.Predictor({str(quick_paths.root)!r})\n"
         f"p.predict({str(tmp_path / 'scan.png')!r})\n"
         "print(p.backend_name, sorted(m for m in ('torch', 'fastai', 'timm', 'pandas') if m in sys.modules))"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 
-from busi_utils import evaluate, metrics
-from busi_utils.config import CLASSES
-from busi_utils.report import KEYS, LESION_KEYS, scores_with_ci
+from busi_utils.core.config import CLASSES
+from busi_utils.evaluation import evaluate, metrics
+from busi_utils.evaluation.report import KEYS, LESION_KEYS, scores_with_ci
 
 NOR, BEN, MAL = (CLASSES.index(c) for c in ("normal", "benign", "malignant"))
 

@@ -6,9 +6,12 @@ import shutil
 
 import pytest
 
-from busi_utils import config, data, files, oof, preprocess, runfolder
-from busi_utils import segmentation as seg
-from busi_utils.errors import LeakageError
+from busi_utils import data
+from busi_utils.core import config, files, runfolder
+from busi_utils.core.errors import LeakageError
+from busi_utils.data import preprocess
+from busi_utils.stage1 import oof
+from busi_utils.stage1 import segmentation as seg
 
 
 def test_every_used_image_has_exactly_one_leak_free_mask(quick_paths):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from busi_utils import classification as cls
-from busi_utils import config, pretrained, training
-from busi_utils import segmentation as seg
+from busi_utils.core import config
+from busi_utils.stage1 import pretrained, training
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import classification as cls
 
 
 @pytest.fixture
@@ -156,7 +157,7 @@ def test_gpu_profile_models_build_and_take_one_step_on_the_cpu(no_network):
 def test_mask_confidence_changes_confidence_not_shape_nor_the_scan():
     from fastai.vision.all import TensorImage
 
-    from busi_utils.augment import MaskConfidence
+    from busi_utils.stage1.augment import MaskConfidence
 
     torch.manual_seed(0)
     x = torch.zeros(64, 2, 32, 32)
@@ -172,7 +173,7 @@ def test_mask_confidence_changes_confidence_not_shape_nor_the_scan():
 
 
 def test_grad_cam_on_the_pretrained_classifier():
-    from busi_utils import explain
+    from busi_utils.evaluation import explain
 
     torch.manual_seed(0)
     model = cls.build_classifier("lite0", 2).eval()

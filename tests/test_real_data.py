@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from busi_utils import data, splits
+from busi_utils import data
+from busi_utils.data import splits
 
 
 def test_counts(real_index):

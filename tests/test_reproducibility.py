@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from busi_utils import classification as cls
-from busi_utils import dedup, preprocess, splits
-from busi_utils import segmentation as seg
+from busi_utils.data import dedup, preprocess, splits
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import classification as cls
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -10,8 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from busi_utils import config, files, report, runfolder
-from busi_utils.errors import SchemaError
+from busi_utils.core import config, files, runfolder
+from busi_utils.core.errors import SchemaError
+from busi_utils.evaluation import report
 
 ROOT = config.repo_root()
 RUN_FILE = re.compile(
@@ -36,7 +37,7 @@ def _string_constants(source: str):
 
 def test_no_run_folder_file_name_outside_runfolder():
     offenders = []
-    for path in sorted((ROOT / "busi_utils").glob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
+    for path in sorted((ROOT / "busi_utils").rglob("*.py")) + sorted((ROOT / "scripts").glob("*.py")):
         if path.name == "runfolder.py":
             continue
         offenders += [f"{path.name}: {s!r}" for s in _string_constants(path.read_text()) if RUN_FILE.search(s)]

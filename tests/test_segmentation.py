@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from busi_utils import dedup, metrics, preprocess, splits
-from busi_utils import segmentation as seg
-from busi_utils.errors import LeakageError
+from busi_utils.core.errors import LeakageError
+from busi_utils.data import dedup, preprocess, splits
+from busi_utils.evaluation import metrics
+from busi_utils.stage1 import segmentation as seg
 
 
 def logits_from(mask: np.ndarray) -> torch.Tensor:
@@ -92,7 +93,7 @@ def test_augmented_batches_keep_lesion_under_its_mask(synthetic_split, store64):
 
 
 def test_augmentation_has_no_vertical_flip():
-    from busi_utils.augment import ultrasound_segmentation
+    from busi_utils.stage1.augment import ultrasound_segmentation
 
     tfms = ultrasound_segmentation(64)
     flip = [t for t in tfms if type(t).__name__ == "Flip"]
@@ -187,7 +188,7 @@ def test_fold_ids_train_outside_the_fold_and_watch_its_lesions(synthetic_split):
 def test_ensemble_is_the_mean_of_its_members_and_the_graph_computes_it(synthetic_split, store64):
     """predict_ensemble averages the members' own TTA predictions (each with its own
     normalisation), and the exported SegmenterGraph computes the very same numbers."""
-    from busi_utils.export import SegmenterGraph
+    from busi_utils.serve.export import SegmenterGraph
 
     torch.manual_seed(0)
     members = [

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from busi_utils import shape
-from busi_utils.images import resize_prob
+from busi_utils.core.images import resize_prob
+from busi_utils.stage2 import shape
 
 N = 96
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from busi_utils import crossfit, fusion, uncertainty
-from busi_utils.config import CLASSES
+from busi_utils.core.config import CLASSES
+from busi_utils.evaluation import uncertainty
+from busi_utils.stage2 import crossfit, fusion
 
 P = [f"p_{c}" for c in CLASSES]
 
@@ -150,7 +151,7 @@ def _fake_member_files(paths, view, folds, pool, test, rng):
 
 
 def test_out_of_fold_table_has_each_pool_image_once_from_its_own_fold(tmp_path):
-    from busi_utils.runfolder import RunPaths
+    from busi_utils.core.runfolder import RunPaths
 
     paths = RunPaths(tmp_path)
     rng = np.random.default_rng(5)
@@ -195,7 +196,7 @@ def test_quick_run_members_never_saw_their_fold_or_the_test_split(quick_paths):
 
 
 def test_quick_run_calibration_was_fitted_out_of_fold_and_the_answer_carries_evidence(quick_paths, quick_test_image):
-    from busi_utils import infer
+    from busi_utils.serve import infer
 
     predictor = infer.Predictor(quick_paths.root)
     scan = quick_test_image
@@ -219,8 +220,9 @@ def test_quick_run_calibration_was_fitted_out_of_fold_and_the_answer_carries_evi
 
 @pytest.fixture(scope="module")
 def quick_vd(quick_paths):
-    from busi_utils import classification as cls
-    from busi_utils import config, data
+    from busi_utils import data
+    from busi_utils.core import config
+    from busi_utils.stage2 import classification as cls
 
     recipe = config.load_profile("quick")["classify"]
     index, split = data.read_index(quick_paths.index_csv), quick_paths.read_split()
@@ -228,7 +230,7 @@ def quick_vd(quick_paths):
 
 
 def test_a_member_is_loaded_when_its_inputs_are_unchanged_and_retrained_when_its_masks_changed(quick_vd, monkeypatch):
-    from busi_utils import classification as cls
+    from busi_utils.stage2 import classification as cls
 
     vd, recipe = quick_vd
     view, fold = fusion.SCAN_VIEW, 0
@@ -252,7 +254,8 @@ def test_a_member_is_loaded_when_its_inputs_are_unchanged_and_retrained_when_its
 
 
 def test_finalise_redoes_nothing_when_its_inputs_are_unchanged(quick_vd):
-    from busi_utils import config, export
+    from busi_utils.core import config
+    from busi_utils.serve import export
 
     vd, _ = quick_vd
     paths = vd.paths
@@ -268,7 +271,8 @@ def test_the_headline_is_the_fused_calibrated_ensemble_the_predictor_ships(quick
     """metrics.json's ``method`` row is recomputed here from the members' saved test
     probabilities through the run's own rule and temperature; and the Predictor, fed test scans
     from disk, gives those very probabilities. A headline computed any other way fails."""
-    from busi_utils import infer, metrics
+    from busi_utils.evaluation import metrics
+    from busi_utils.serve import infer
 
     vd, _ = quick_vd
     paths = vd.paths

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from busi_utils import DISCLAIMER, widgets
-from busi_utils.config import CLASSES
-from busi_utils.infer import Prediction
+from busi_utils import DISCLAIMER
+from busi_utils.core.config import CLASSES
+from busi_utils.serve import widgets
+from busi_utils.serve.infer import Prediction
 
 EVIDENCE = [
     {

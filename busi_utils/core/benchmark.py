@@ -1,0 +1,185 @@
+"""Benchmarks that choose the profiles: candidates trained on the same split, scored on the
+validation fold only, timed on this machine, with a speed calibration beside the numbers.
+
+Machines of the same kind differ up to 2x in speed, so every benchmark table carries
+``calib_ms``: the training-step time of one fixed reference network (the from-scratch light
+U-Net at 96 px, batch 16) measured in the same process. Compare seconds within one table, or
+scale by ``calib_ms``. The tables live in ``benchmarks/`` (committed: they are measurements,
+not data) and notebooks 02 and 04 show them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from busi_utils.core.config import repo_root
+from busi_utils.core.files import atomic_write_text
+
+#: The reference point of the issue that set the budgets: 17.9 ms per image on its machine.
+REFERENCE_CALIB_MS = 17.9
+
+
+def benchmarks_dir() -> Path:
+    return repo_root() / "benchmarks"
+
+
+def parse_spec(spec: str) -> dict:
+    """``"arch=lite0,size=96,epochs=11"`` -> ``{"arch": "lite0", "size": 96, "epochs": 11}``
+    (ints, floats and true/false converted)."""
+    out: dict = {}
+    for part in filter(None, spec.split(",")):
+        key, _, value = part.partition("=")
+        if not _:
+            raise ValueError(f"{spec!r}: expected key=value pairs separated by commas")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            for cast in (int, float, str):
+                try:
+                    out[key] = cast(value)
+                    break
+                except ValueError:
+                    continue
+    return out
+
+
+def calibration_ms(repeats: int = 5) -> float:
+    """Training-step milliseconds per image of the reference network on this machine."""
+    import torch
+
+    from busi_utils.stage1.segmentation import DiceBCELoss, LightUNet
+
+    torch.manual_seed(0)
+    model = LightUNet(base=12)
+    opt = torch.optim.AdamW(model.parameters())
+    x, y = torch.randn(16, 1, 96, 96), (torch.rand(16, 1, 96, 96) > 0.5).float()
+    loss_fn = DiceBCELoss()
+    for k in range(repeats + 2):
+        if k == 2:
+            start = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return round((time.perf_counter() - start) / repeats / 16 * 1000, 1)
+
+
+def machine_info() -> dict:
+    """What a timing needs beside it: date, cores, threads, and the calibration."""
+    import torch
+
+    return {
+        "date": date.today().isoformat(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "calib_ms": calibration_ms(),
+    }
+
+
+def append_rows(path: Path, rows: list[dict], key: list[str]) -> pd.DataFrame:
+    """Add ``rows`` to the CSV at ``path``, replacing earlier rows with the same ``key`` values;
+    written atomically."""
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    new = pd.DataFrame(rows)
+    if len(old) and all(k in old for k in key):
+        drop = old[key].astype(str).apply(tuple, axis=1).isin(set(new[key].astype(str).apply(tuple, axis=1)))
+        old = old[~drop]
+    table = pd.concat([old, new], ignore_index=True)
+    atomic_write_text(path, table.to_csv(index=False))
+    return table
+
+
+def arg_parser(doc: str):
+    """The arguments every benchmark script shares: run folder, seed, output folder, specs."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument(
+        "--run-dir",
+        required=True,
+        help="a run folder of the cpu profile (notebook 01 and, for the classifier, 03 done)",
+    )
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--out", default=str(benchmarks_dir()), help="folder for the CSV tables (default benchmarks/)")
+    ap.add_argument("specs", nargs="+", help="key=value,... recipe overrides; 'name' labels the row")
+    return ap
+
+
+def candidates(specs: list[str], defaults: dict):
+    """``(name, recipe)`` for each spec: the defaults with the spec's overrides."""
+    for spec in specs:
+        recipe = dict(defaults, **parse_spec(spec))
+        yield recipe.pop("name", spec), recipe
+
+
+def already_done(done: pd.DataFrame | None, **key) -> bool:
+    """True when the table ``done`` (or None: nothing yet) has a row with every ``key`` value:
+    that very run is benchmarked, so a resumed benchmark skips it."""
+    if done is None:
+        return False
+    match = pd.Series(True, index=done.index)
+    for column, value in key.items():
+        match &= done[column] == value
+    return bool(match.any())
+
+
+def record(out: Path, table: str, row: dict, history: pd.DataFrame, key: list[str]) -> None:
+    """Print a result row and add it (and its per-epoch history) to ``out/<table>.csv`` and
+    ``out/<table>_history.csv``."""
+    print(row, flush=True)
+    append_rows(Path(out) / f"{table}.csv", [row], key)
+    append_rows(
+        Path(out) / f"{table}_history.csv",
+        history.assign(**{k: row[k] for k in key}).to_dict("records"),
+        key + ["epoch"],
+    )
+
+
+def matching_candidate(table: pd.DataFrame, recipe: dict) -> pd.Series | None:
+    """The benchmark row whose recorded recipe equals ``recipe`` on every key the row records
+    (the ``recipe`` column of the per-run table, carried into the summary as ``recipe``)."""
+    if "recipe" not in table:
+        return None
+    for _, row in table.iterrows():
+        spec = parse_spec(str(row["recipe"]))
+        if spec and all(recipe.get(k) == v or str(recipe.get(k)) == str(v) for k, v in spec.items()):
+            return row
+    return None
+
+
+def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:
+    """Where the profile's recipe stands in a benchmark summary (``<metric>_mean`` / ``_sd`` per
+    candidate): its rank, the best candidate, and whether the gap is beyond the runs' spread.
+    Printed by the chapters, so that no sentence about the chosen model is written by hand."""
+    mean, sd = f"{metric}_mean", f"{metric}_sd"
+    ranked = table.sort_values(mean, ascending=False).reset_index(drop=True)
+    best = ranked.iloc[0]
+    mine = matching_candidate(ranked, recipe)
+    lines = [
+        f"best mean: {best['name']} {best[mean]:.3f} ± {best[sd]:.3f} (SD over {int(best['runs'])} runs), "
+        f"{best['s_per_epoch']:.1f} s/epoch"
+    ]
+    if mine is None:
+        return "\n".join(lines + ["the profile's recipe is not among the benchmarked candidates"])
+    rank = int(ranked.index[ranked["name"] == mine["name"]][0]) + 1
+    lines.append(
+        f"the profile trains {mine['name']}: {mine[mean]:.3f} ± {mine[sd]:.3f}, rank {rank} of {len(ranked)}, "
+        f"{mine['s_per_epoch']:.1f} s/epoch"
+    )
+    other = best if mine["name"] != best["name"] else (ranked.iloc[1] if len(ranked) > 1 else None)
+    if other is not None:
+        gap, spread = abs(mine[mean] - other[mean]), max(mine[sd], other[sd])
+        lines.append(
+            (f"gap to the best {gap:.3f}: " if other is best else f"ahead of {other['name']} by {gap:.3f}: ")
+            + ("within" if gap <= spread else "beyond")
+            + f" one SD of the runs ({spread:.3f})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""The trained pipeline of a run folder, unchanged, on a labelled external set.
+
+    python -m busi_utils.evaluation.evaluate --data PATH [--run runs/cpu] [--out report.json] [--adapt histmatch]
+
+``PATH`` is a folder or zip in either layout of :mod:`busi_utils.data.external`. Prints a summary
+table and writes the JSON report atomically. Every interval resamples **patients**, not images:
+images of one patient are not independent. Exit codes: 0 done, 2 unusable data (one-line error
+naming the file), 3 missing or incomplete run folder. Research and teaching only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from busi_utils import DISCLAIMER
+from busi_utils.core.config import CLASSES
+from busi_utils.core.errors import RunFolderError
+from busi_utils.core.files import atomic_write_json
+from busi_utils.evaluation.pipeline import (
+    ADAPTATIONS,
+    METHOD,
+    RunModels,
+    busi_reference_cdf,
+    histogram_match,
+    method_answers,
+    method_tta,
+    predict_external,
+    variant_probs,
+)
+from busi_utils.evaluation.report import KEYS, LESION_KEYS, P, calibration_block, scores_with_ci
+
+__all__ = [  # this module's own names, and those it gathers from pipeline (chapter 7 calls them as evaluate.<name>)
+    "ADAPTATIONS",
+    "busi_reference_cdf",
+    "compare_with_busi",
+    "histogram_match",
+    "main",
+    "METHOD",
+    "method_answers",
+    "method_tta",
+    "metrics_by_flag",
+    "predict_external",
+    "RunModels",
+    "summarise",
+    "summary_lines",
+    "variant_probs",
+]
+
+
+def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The report: counts, Dice with a patient-bootstrap interval, and per variant the headline
+    metrics with patient-bootstrap intervals (only those the set defines: see
+    :func:`metrics.classification_metrics`; ``benign_malignant_auc`` and ``lesions_called_normal``
+    whenever the set has the lesions they need); calibration of the method under shift."""
+    from busi_utils.evaluation import metrics
+
+    lesion = table[table["dice"].notna()].reset_index(drop=True)
+    d = lesion["dice"].to_numpy()
+    report = {
+        "n_images": int(len(table)),
+        "n_patients": int(table["patient"].nunique()),
+        "labels": table["label"].value_counts().reindex(CLASSES, fill_value=0).astype(int).to_dict(),
+        "n_lesion_masks": int(len(lesion)),
+        "dice_mean": float(d.mean()) if len(d) else None,
+        "dice_ci95": list(metrics.bootstrap_ci(lambda i: d[i].mean(), len(d), n_boot, seed, groups=lesion["patient"]))
+        if len(d)
+        else None,
+        "iou_mean": float(lesion["iou"].mean()) if len(d) else None,
+        "normal_pred_area_mean": float(table.loc[table["label"] == "normal", "pred_area"].mean())
+        if (table["label"] == "normal").any()
+        else None,  # no normal images: undefined
+        "variants": {},
+    }
+    for v in models.variants:
+        rows, p = variant_probs(table, v)
+        report["variants"][v] = {"n": int(len(rows)), **scores_with_ci(rows["label"], p, n_boot, seed, rows["patient"])}
+    raw = table[[f"method_raw:{c}" for c in P]].to_numpy()
+    cal = calibration_block(table["label"], raw, float(models.finalised.get("temperature", 1.0)))
+    report["calibration"] = {"temperature_from_busi": cal.pop("temperature"), **cal}
+    return report
+
+
+def compare_with_busi(
+    report: dict, busi_classification: dict, keys=("accuracy", "macro_f1", "malignant_recall", "auc_ovr")
+) -> pd.DataFrame:
+    """Rows ``(variant, "BUSI test" | "external")``, columns ``keys``: each variant's score at home
+    (notebook 05's ``metrics.json``) and on the external set, side by side. A score one side does
+    not define (e.g. ``benign_malignant_auc`` in an older ``metrics.json``) is NaN there. Without
+    normal images, the external ``macro_f1`` and ``auc_ovr`` cover benign and malignant only, so
+    they are not BUSI's three-class scores: compare ``benign_malignant_auc`` instead."""
+    rows = {}
+    for v, ext in report["variants"].items():
+        if v in busi_classification:
+            rows[(v, "BUSI test")] = {k: busi_classification[v].get(k, np.nan) for k in keys}
+        rows[(v, "external")] = {k: ext.get(k, np.nan) for k in keys}
+    return pd.DataFrame(rows).T
+
+
+def metrics_by_flag(table: pd.DataFrame, flags: pd.DataFrame, variants=(METHOD, "image_only")) -> pd.DataFrame:
+    """Accuracy and macro-F1 of ``variants`` on the images with and without each boolean flag
+    (columns of ``flags``, aligned with ``table``; e.g. BUS-UCLM's ``marks`` and ``doppler``)."""
+    from busi_utils.evaluation import metrics
+
+    out = []
+    for flag in flags.columns:
+        for value, part in table.assign(_flag=flags[flag].to_numpy()).groupby("_flag"):
+            for v in variants:
+                rows, p = variant_probs(part, v)
+                m = metrics.classification_metrics(rows["label"], p)
+                out.append(
+                    {
+                        "flag": flag,
+                        "value": bool(value),
+                        "variant": v,
+                        "n": len(rows),
+                        "accuracy": m["accuracy"],
+                        "macro_f1": m["macro_f1"],
+                    }
+                )
+    return pd.DataFrame(out)
+
+
+def _cell(r: dict, k: str) -> str:
+    """``value (low-high)``, the value alone without an interval, blank when the set does not define it."""
+    value, ci = r.get(k), r.get(f"{k}_ci95") or [None, None]
+    if value is None or not np.isfinite(value):
+        return f"{'-':>22s}"
+    text = f"{value:8.3f}" + ("" if None in ci or not np.all(np.isfinite(ci)) else f" ({ci[0]:.2f}-{ci[1]:.2f})")
+    return f"{text:>22s}"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The report as a short text table (CLI, logs); a score the set does not define shows as ``-``."""
+    labels = report["labels"]
+    lines = [f"{report['n_images']} images, {report['n_patients']} patients, labels {labels}"]
+    absent = [c for c in CLASSES if not labels.get(c)]
+    if absent:
+        lines.append(
+            f"no {' or '.join(absent)} images: macro-F1 and AUC cover "
+            f"{' and '.join(c for c in CLASSES if c not in absent)} only (not comparable with BUSI's three-class scores)"
+        )
+    if report["dice_mean"] is not None:
+        lo, hi = report["dice_ci95"]
+        lines.append(
+            f"segmentation Dice {report['dice_mean']:.3f} ({lo:.2f}-{hi:.2f}) on {report['n_lesion_masks']} lesion images"
+        )
+    keys = KEYS + LESION_KEYS
+    lines.append(f"{'variant':18s} {'n':>4s} " + " ".join(f"{k:>22s}" for k in keys))
+    for v, r in report["variants"].items():
+        lines.append(f"{v:18s} {r['n']:4d} " + " ".join(_cell(r, k) for k in keys))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m busi_utils.evaluation.evaluate",
+        description="Evaluate a trained run folder on a labelled external set. " + DISCLAIMER,
+    )
+    ap.add_argument(
+        "--data", required=True, help="external set: folder or zip (BUS-UCLM layout, or images/ + labels.csv)"
+    )
+    ap.add_argument("--run", default=None, help="run folder (default: runs/cpu, else runs/gpu, else runs/quick)")
+    ap.add_argument("--out", default=None, help="JSON report path (written atomically)")
+    ap.add_argument(
+        "--adapt", default="none", choices=ADAPTATIONS, help="label-free adaptation of the images (default none)"
+    )
+    ap.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
+    args = ap.parse_args(argv)
+    import time
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+    from busi_utils.core.runfolder import default_run
+    from busi_utils.data import BusiDataError
+    from busi_utils.data.external import build_external_index, resolve_external
+
+    start = time.perf_counter()
+    try:
+        root = resolve_external(args.data)
+        index = build_external_index(root, progress=True)
+    except BusiDataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        models = RunModels(args.run or default_run())
+    except RunFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    table, _ = predict_external(models, index, adapt=args.adapt)
+    report = {
+        "data": str(args.data),
+        "run": str(models.paths.root),
+        "adapt": args.adapt,
+        **summarise(table, models, args.bootstrap),
+    }
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["seconds_per_image"] = round(report["seconds"] / max(len(table), 1), 4)
+    print("\n".join(summary_lines(report)))
+    print(
+        f"{report['seconds']:.0f} s ({report['seconds_per_image'] * 1000:.0f} ms per image) | {DISCLAIMER}",
+        file=sys.stderr,
+    )
+    if args.out:
+        atomic_write_json(Path(args.out), report)
+        print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The trained pipeline of a run folder, run unchanged on new labelled images: the run's models
+as the Predictor ships them (:class:`RunModels`), their answers image by image, and the one
+adaptation offered (histogram matching to BUSI's intensities). Scoring and the command line
+are :mod:`busi_utils.evaluation.evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from busi_utils.core.config import CLASSES
+from busi_utils.core.errors import RunFolderError
+from busi_utils.core.files import read_json
+from busi_utils.core.runfolder import RunPaths
+from busi_utils.evaluation.report import P
+
+ADAPTATIONS = ("none", "histmatch")
+
+
+def _intensity_cdf(images: np.ndarray) -> np.ndarray:
+    hist = np.bincount(np.asarray(images, dtype=np.uint8).ravel(), minlength=256).astype(float)
+    return np.cumsum(hist) / hist.sum()
+
+
+def histogram_match(images: np.ndarray, reference_cdf: np.ndarray) -> np.ndarray:
+    """Map each image's gray levels so that its histogram matches ``reference_cdf`` (the
+    training scans' pooled histogram): a label-free adaptation to another scanner's gain."""
+    out = np.empty_like(images)
+    levels = np.arange(256)
+    for k, img in enumerate(images):
+        cdf = _intensity_cdf(img)
+        out[k] = (
+            np.interp(np.interp(img.ravel(), levels, cdf), reference_cdf, levels)
+            .reshape(img.shape)
+            .round()
+            .astype(np.uint8)
+        )
+    return out
+
+
+def busi_reference_cdf(paths: RunPaths, size: int) -> np.ndarray:
+    """The pooled gray-level CDF of the run's training-pool scans (never test images)."""
+    from busi_utils import data
+    from busi_utils.data import preprocess
+
+    index = data.read_index(paths.index_csv)
+    split = paths.read_split()
+    store = preprocess.ArrayStore(preprocess.resized_arrays(index, size, progress=False))
+    train = split.loc[split["split"] == "train", "image_id"]
+    return _intensity_cdf(np.stack([store.image(i) for i in train]))
+
+
+METHOD = "method"  # the Predictor's answer: both views' ensembles fused, calibrated
+
+
+class RunModels:
+    """The run folder's models as notebooks 02-05 left them: the fold-U-Net ensemble, each
+    view's member ensemble as inference graphs (the Predictor's), the image-only ensemble, the
+    shape-alone model and, when notebook 05 trained it, the leaky ground-truth-mask ceiling."""
+
+    def __init__(self, run_dir: str | Path):
+        from busi_utils.serve.export import load_graphs, view_graph
+        from busi_utils.stage2 import classification as cls
+        from busi_utils.stage2 import crossfit
+
+        self.paths = RunPaths(Path(run_dir).resolve())
+        summary = read_json(self.paths.classifier_summary)
+        if not self.paths.fold_unet(0).exists() or summary is None or "finalised" not in summary:
+            raise RunFolderError(f"{self.paths.root}: no trained models (run notebooks 02-04, or `make course`)")
+        self.summary, self.finalised, self.balance = summary, summary["finalised"], summary["balance"]
+        self.seg_graph, self.graphs, _ = load_graphs(self.paths)
+        members = summary["members"]
+        for k in members:
+            if not crossfit.member_path(self.paths, "image_only", k).exists():
+                raise RunFolderError(f"{crossfit.member_path(self.paths, 'image_only', k)}: missing (run notebook 04)")
+        self.graphs["image_only"] = view_graph(crossfit.load_members(self.paths, "image_only", members), 2)
+        gt = crossfit.member_path(self.paths, "image+gt_mask", 0)
+        self.gt_model = cls.load_classifier(gt) if gt.exists() else None
+        self.metrics = read_json(self.paths.metrics_json) or {}
+        self.seg_size = self.seg_graph.size
+        self.cls_size = self.graphs["image+pred_mask"].size
+
+    @property
+    def variants(self) -> list[str]:
+        """The rows of an evaluation: the method first, then its parts and the ablations."""
+        return [METHOD, *self.graphs, "shape_alone", *(["image+gt_mask"] if self.gt_model else [])]
+
+
+def method_answers(models: RunModels, view_probs: dict, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fused before the temperature, fused and calibrated)``: the Predictor's computation."""
+    from busi_utils.stage2 import fusion
+
+    raw = fusion.fuse(models.summary["fusion"], view_probs[fusion.SCAN_VIEW], view_probs[fusion.CROP_VIEW], conf)
+    return raw, fusion.decide(models.summary["fusion"], view_probs, conf, float(models.finalised["temperature"]))
+
+
+def predict_external(
+    models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
+    (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
+    class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
+    import torch
+
+    from busi_utils.core import images
+    from busi_utils.data import preprocess
+    from busi_utils.data.external import load_external_pair
+    from busi_utils.serve.export import classify_batch
+    from busi_utils.stage2 import classification as cls
+    from busi_utils.stage2 import fusion, shape
+
+    if adapt not in ADAPTATIONS:
+        raise ValueError(f"unknown adaptation {adapt!r}: {', '.join(ADAPTATIONS)}")
+    size = models.cls_size
+    arrays = {
+        s: preprocess.resized_arrays(index, s, progress=progress, loader=load_external_pair)
+        for s in {models.seg_size, size, cls.crop_source_size(size)}
+    }
+    ids = index["image_id"].tolist()
+    stores = {}
+    for s, arr in arrays.items():
+        pos = {str(i): k for k, i in enumerate(arr["ids"])}
+        order = [pos[i] for i in ids]
+        imgs = arr["images"][order]
+        if adapt == "histmatch":
+            imgs = histogram_match(imgs, busi_reference_cdf(models.paths, s))
+        stores[s] = preprocess.ArrayStore({"ids": np.array(ids), "images": imgs, "masks": arr["masks"][order]})
+    seg_images = stores[models.seg_size].images
+    with torch.no_grad():
+        probs = np.concatenate(
+            [models.seg_graph(torch.from_numpy(seg_images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
+             for k in range(0, len(seg_images), 32)]
+        )  # fmt: skip
+    probs = images.prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
+    table = index[["image_id", "label", "patient"]].copy()
+    table["label"] = table["label"].astype(str)
+    seg_masks = stores[models.seg_size].masks
+    from busi_utils.stage1.segmentation import score_masks
+
+    scores = score_masks(probs, seg_masks)
+    table["dice"] = np.where(index["has_mask"] & (index["label"].astype(str) != "normal"), scores["dice"], np.nan)
+    table["iou"] = np.where(table["dice"].notna(), scores["iou"], np.nan)
+    table["pred_area"] = (probs >= 0.5).mean(axis=(1, 2))
+    pred_masks = dict(zip(ids, probs))
+    store, crops = stores[size], stores[cls.crop_source_size(size)]
+    view_probs = {}
+    for view, graph in models.graphs.items():
+        x = cls.build_inputs(view, ids, store, pred_masks, size, crops)
+        view_probs[view], _ = classify_batch(graph, x)
+    conf = probs.max(axis=(1, 2))
+    aspect = (index["height"] / index["width"]).to_numpy() if "height" in index else None
+    features = shape.shape_matrix(list(probs), aspect)
+    view_probs["shape_alone"] = fusion.predict_shape_alone(models.summary["shape_alone"], features)
+    raw, view_probs[METHOD] = method_answers(models, view_probs, conf)
+    view_probs["method_raw"] = raw
+    if models.gt_model is not None:
+        model, info = models.gt_model
+        p = cls.predict_tta(model, cls.build_inputs("image+gt_mask", ids, store, None, size), info["stats"])
+        p[~index["has_mask"].to_numpy()] = np.nan  # no ground truth, no ceiling
+        view_probs["image+gt_mask"] = p
+    for v, p in view_probs.items():
+        for k, c in enumerate(CLASSES):
+            table[f"{v}:p_{c}"] = p[:, k]
+    table["conf"] = conf
+    return table, probs
+
+
+def variant_probs(table: pd.DataFrame, variant: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows a variant could score (all, or those with a mask for the GT-mask ceiling) and its probabilities."""
+    cols = [f"{variant}:{p}" for p in P]
+    rows = table[table[cols].notna().all(axis=1)]
+    return rows, rows[cols].to_numpy()
+
+
+def method_tta(table: pd.DataFrame, models: RunModels) -> tuple[np.ndarray, np.ndarray]:
+    """The method as the Predictor answers: fused, calibrated probabilities, and their entropy
+    (what the referral rule compares with BUSI's cutoff)."""
+    from busi_utils.evaluation.uncertainty import entropy
+
+    calibrated = table[[f"{METHOD}:{c}" for c in P]].to_numpy()
+    return calibrated, entropy(calibrated)

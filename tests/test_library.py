@@ -1,0 +1,122 @@
+"""The library's layout: one folder per stage of the course, no import cycle, short modules, a
+README map that lists what is there, and the old flat names still importing for one release."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from busi_utils import _aliases
+from busi_utils.core import config
+
+ROOT = config.repo_root()
+PACKAGE = ROOT / "busi_utils"
+MAX_LINES = 300
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = path
+    return out
+
+
+def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
+    """Every busi_utils module ``path`` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("busi_utils"):
+            found |= {node.module} & set(known)
+            found |= {f"{node.module}.{a.name}" for a in node.names} & set(known)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names} & set(known)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node] - {node}):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if not state.get(nxt) and (cycle := visit(nxt, stack)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if not state.get(node) and (cycle := visit(node, [])):
+            return cycle
+    return None
+
+
+def test_no_module_imports_itself_back_through_another():
+    known = modules()
+    graph = {name: imports_of(path, known) for name, path in known.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    graph["busi_utils.core.files"].add("busi_utils.stage2.fusion")  # a negative control: a planted cycle
+    graph["busi_utils.stage2.fusion"].add("busi_utils.core.files")
+    assert find_cycle(graph)
+
+
+def test_every_module_is_short_and_lives_in_its_stage():
+    known = modules()
+    long = {name: n for name, p in known.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+    top = {name for name in known if name.count(".") == 1}
+    assert top <= {"busi_utils._aliases", "busi_utils.course", "busi_utils.book"} | {
+        f"busi_utils.{stage}" for stage in ("core", "data", "stage1", "stage2", "evaluation", "serve")
+    }, top
+
+
+def readme_map() -> set[str]:
+    """The modules the README's map names: ``folder/`` lines, then their indented modules."""
+    block = (ROOT / "README.md").read_text().split("<!-- module-map -->")[1].split("<!-- /module-map -->")[0]
+    listed, folder = set(), ""
+    for line in block.splitlines():
+        if m := re.match(r"^ {4}([a-z0-9_]+)/(\s|$)", line):
+            folder = m.group(1)
+        elif m := re.match(r"^ {6}([a-z0-9_]+)(\s|$)", line):
+            listed.add(f"{folder}/{m.group(1)}")
+        elif m := re.match(r"^ {4}([a-z0-9_]+)(\s|$)", line):
+            folder = ""
+            listed.add(m.group(1))
+    return listed
+
+
+def test_the_readme_map_lists_every_module_and_nothing_else():
+    actual = set()
+    for name in modules():
+        parts = name.split(".")[1:]
+        if len(parts) == 2 or parts in (["course"], ["book"]):
+            actual.add("/".join(parts))
+    listed = readme_map()
+    assert listed == actual, f"missing from the README: {sorted(actual - listed)}; gone: {sorted(listed - actual)}"
+
+
+@pytest.mark.parametrize("old", sorted(_aliases.MOVED))
+def test_an_old_flat_name_still_imports_with_a_warning(old):
+    new = __import__(f"busi_utils.{_aliases.MOVED[old]}", fromlist=["_"])
+    sys.modules.pop(f"busi_utils.{old}", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = __import__(f"busi_utils.{old}", fromlist=["_"])
+    assert any(issubclass(w.category, DeprecationWarning) and _aliases.MOVED[old] in str(w.message) for w in caught)
+    public = [n for n in dir(new) if not n.startswith("_")]
+    assert public and all(getattr(module, n) is getattr(new, n) for n in public)
+
+
+def test_an_old_command_still_runs():
+    result = subprocess.run([sys.executable, "-m", "busi_utils.infer", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--folder" in result.stdout
