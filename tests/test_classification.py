@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from busi_utils import data
+from busi_utils.core.images import resize_prob
 from busi_utils.data import preprocess
 from busi_utils.stage1 import oof
 from busi_utils.stage2 import classification as cls
@@ -39,7 +40,7 @@ def test_channel_two_is_the_stored_oof_mask_never_the_truth(variant_data):
     xb = xb * torch.tensor(stats[1]).view(1, -1, 1, 1) + torch.tensor(stats[0]).view(1, -1, 1, 1)
     ids = vd.train["image_id"].tolist()[: len(xb)]
     stored = oof.load_masks(vd.paths, masks, ids)
-    expected = np.stack([cls.resize_prob(m, vd.size) for m in stored])
+    expected = np.stack([resize_prob(m, vd.size) for m in stored])
     assert np.allclose(xb[:, 1].numpy(), expected, atol=1e-4)
     truth = np.stack([vd.images.mask(i) for i in ids]).astype(np.float32)
     lesion = truth.reshape(len(ids), -1).any(1)
