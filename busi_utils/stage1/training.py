@@ -4,9 +4,10 @@ recipe when the network starts from ImageNet weights.
 ``fine_tune`` (fastai, ``Learner.fine_tune``) trains in two phases: first only the new layers
 (the decoder or the classification head) while the pretrained encoder is frozen, so random new
 layers cannot wreck the pretrained features with large early gradients; then everything, with
-*discriminative learning rates*: the earliest, most generic layers move 100 times more slowly
-than the head (``slice(lr / lr_mult, lr)``). This module runs the same steps but keeps the
-history of both phases, which the chapters plot.
+*discriminative learning rates*: the pretrained layers move ``lr_mult`` times more slowly than the
+head (``slice(lr / lr_mult, lr)``; fastai's default is 100, the profiles set their own). This
+module runs the same two ``fit_one_cycle`` calls rather than ``Learner.fine_tune`` itself, for
+one reason: ``fine_tune`` keeps only the last phase's history, and the chapters plot both.
 """
 
 from __future__ import annotations
