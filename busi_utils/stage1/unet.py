@@ -140,6 +140,21 @@ def imagenet_weights_cached(arch: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
 
 
+def use_cached_imagenet(arch: str, pretrained: bool | None, verbose: bool, part: str) -> bool:
+    """Whether a torchvision ``arch`` starts from ImageNet: only when its weights are already in
+    the local torch cache (nothing is downloaded), and ``pretrained`` does not say no."""
+    cached = imagenet_weights_cached(arch)
+    use = cached if pretrained is None else (pretrained and cached)
+    if verbose:
+        weights = (
+            "ImageNet weights from the local torch cache"
+            if use
+            else "no cached ImageNet weights, training from scratch"
+        )
+        print(f"{arch} {part}: {weights}")
+    return use
+
+
 def build_segmenter(
     arch: str = "light",
     base: int = 16,
@@ -173,17 +188,7 @@ def build_segmenter(
         import torchvision
         from fastai.vision.learner import create_unet_model
 
-        cached = imagenet_weights_cached(arch)
-        use = cached if pretrained is None else (pretrained and cached)
-        if verbose:
-            print(
-                f"{arch} encoder: "
-                + (
-                    "ImageNet weights from the local torch cache"
-                    if use
-                    else "no cached ImageNet weights, training from scratch"
-                )
-            )
+        use = use_cached_imagenet(arch, pretrained, verbose, "encoder")
         return create_unet_model(
             getattr(torchvision.models, arch), n_out=1, img_size=(size, size), pretrained=use, n_in=1
         )

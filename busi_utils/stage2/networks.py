@@ -56,17 +56,7 @@ def build_classifier(
     import torchvision
     from fastai.vision.learner import create_vision_model
 
-    from busi_utils.stage1.segmentation import imagenet_weights_cached
+    from busi_utils.stage1.unet import use_cached_imagenet
 
-    cached = imagenet_weights_cached(arch)
-    use = cached if pretrained is None else (pretrained and cached)
-    if verbose:
-        print(
-            f"{arch} backbone: "
-            + (
-                "ImageNet weights from the local torch cache"
-                if use
-                else "no cached ImageNet weights, training from scratch"
-            )
-        )
+    use = use_cached_imagenet(arch, pretrained, verbose, "backbone")
     return create_vision_model(getattr(torchvision.models, arch), n_out=len(CLASSES), pretrained=use, n_in=n_in)
