@@ -75,7 +75,7 @@ def run_course(
     content. ``progress``: papermill's progress bar over each notebook's cells. ``cell_timeout``:
     seconds after which a cell that has not finished fails the run (the tests' guard against a
     hang; none by default, since a full cell on a slow laptop may legitimately take long)."""
-    import papermill as pm
+    import papermill as pm  # papermill: loaded where used (slow import)
 
     paths = RunPaths.for_profile(profile, run_dir)
     params = {

@@ -120,3 +120,19 @@ def test_an_old_flat_name_still_imports_with_a_warning(old):
 def test_an_old_command_still_runs():
     result = subprocess.run([sys.executable, "-m", "busi_utils.infer", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--folder" in result.stdout
+
+
+def test_imports_sit_at_the_top_unless_a_comment_says_why():
+    """An import inside a function hides a dependency; the library keeps one only for a reason it
+    states on the line (a slow import, or the torch-free command line)."""
+    silent = []
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)):
+                        text = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+                        if "#" not in text:
+                            silent.append(f"{name}:{node.lineno}: {text.strip()}")
+    assert not silent, silent

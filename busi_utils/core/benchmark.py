@@ -10,6 +10,7 @@ not data) and notebooks 02 and 04 show them.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -20,6 +21,7 @@ import pandas as pd
 
 from busi_utils.core.config import repo_root
 from busi_utils.core.files import atomic_write_text
+from busi_utils.stage1.segmentation import DiceBCELoss, LightUNet
 
 #: The reference point of the issue that set the budgets: 17.9 ms per image on its machine.
 REFERENCE_CALIB_MS = 17.9
@@ -52,9 +54,7 @@ def parse_spec(spec: str) -> dict:
 
 def calibration_ms(repeats: int = 5) -> float:
     """Training-step milliseconds per image of the reference network on this machine."""
-    import torch
-
-    from busi_utils.stage1.segmentation import DiceBCELoss, LightUNet
+    import torch  # torch: loaded where used (slow import)
 
     torch.manual_seed(0)
     model = LightUNet(base=12)
@@ -73,7 +73,7 @@ def calibration_ms(repeats: int = 5) -> float:
 
 def machine_info() -> dict:
     """What a timing needs beside it: date, cores, threads, and the calibration."""
-    import torch
+    import torch  # torch: loaded where used (slow import)
 
     return {
         "date": date.today().isoformat(),
@@ -99,8 +99,6 @@ def append_rows(path: Path, rows: list[dict], key: list[str]) -> pd.DataFrame:
 
 def arg_parser(doc: str):
     """The arguments every benchmark script shares: run folder, seed, output folder, specs."""
-    import argparse
-
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument(
         "--run-dir",

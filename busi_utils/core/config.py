@@ -60,7 +60,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     try:
-        import torch
+        import torch  # light CLI path: loaded when used
 
         torch.manual_seed(seed)
         # Not True: the CPU kernels this course uses are deterministic already (tests/

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 PIPELINE = [  # (label, detail, colour): the boxes of the two-stage pipeline, left to right
     ("scan", "grayscale\nultrasound", "#d9d9d9"),
@@ -83,7 +83,9 @@ def schedule(recipe: dict, n_batches: int = 100) -> dict[str, np.ndarray]:
     """The learning rate per batch of a recipe, for the body (pretrained layers) and the head,
     from fastai's own one-cycle functions; a frozen phase (``fine_tune``) first when the recipe
     has one, with the body's rate 0 there."""
-    from fastai.callback.schedule import combined_cos
+    from fastai.callback.schedule import (
+        combined_cos,  # fastai: loaded where used (slow import)
+    )
 
     lr, mult = float(recipe["lr"]), float(recipe.get("lr_mult", 1) or 1)
     frozen = int(recipe.get("freeze_epochs", 0)) if recipe.get("pretrained") else 0
@@ -127,8 +129,6 @@ def plot_schedule(recipe: dict, title: str, n_batches: int = 100, ax=None):
 def plot_crop_origin(scan: np.ndarray, box: tuple[int, int, int, int], window: tuple[int, int, int, int], crop):
     """Where the lesion view comes from: the scan with the kept region's box (red) and the square
     window around it (yellow), beside the crop the classifier reads."""
-    from matplotlib.patches import Rectangle
-
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     axes[0].imshow(scan, cmap="gray", vmin=0, vmax=1)
     for (y0, y1, x0, x1), colour, name in ((box, "red", "lesion box"), (window, "gold", "crop window")):

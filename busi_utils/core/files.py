@@ -82,7 +82,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, info: dict) -> None:
     """Weights plus the recipe that rebuilds and audits the model, written atomically:
     a portable export (no pickled code), so loading needs only this package."""
-    import torch
+    import torch  # light CLI path: loaded when used
 
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state_dict, "info": info}, tmp)
@@ -90,7 +90,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, info: dict) -> No
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint`."""
-    import torch
+    import torch  # light CLI path: loaded when used
 
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     return ckpt["state_dict"], ckpt["info"]
@@ -99,7 +99,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 def cached_csv(path: str | os.PathLike, make):
     """Return the DataFrame saved at ``path``, or make it, save it atomically and return it:
     the resume-don't-recompute rule for every table a notebook derives."""
-    import pandas as pd
+    import pandas as pd  # light CLI path: loaded when used
 
     path = Path(path)
     if path.exists():

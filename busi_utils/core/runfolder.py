@@ -113,7 +113,7 @@ class RunPaths:
 
 
 def _read_csv(path: Path, writer: str):
-    import pandas as pd
+    import pandas as pd  # light CLI path: loaded when used
 
     if not path.exists():
         raise RunFolderError(f"{path}: missing; run {writer} first")
@@ -244,7 +244,7 @@ EXPORT_RECIPE_SCHEMA = _obj(
 def validate(obj: Any, schema: dict, name: str) -> Any:
     """Return ``obj`` if it matches ``schema``, else raise :class:`SchemaError` naming the file
     and the first problem (``jsonschema``'s message and the path to the offending key)."""
-    import jsonschema
+    import jsonschema  # light CLI path: loaded when used
 
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(obj))
     if error is not None:

@@ -8,6 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import (
+    ListedColormap,
+)
 
 from busi_utils.core.config import CLASSES
 from busi_utils.core.images import overlay
@@ -214,8 +217,6 @@ def plot_crossfit_diagram(n_folds: int):
     plus the test split; each cell says whether that model trains on it, predicts it, or never
     sees it. Every training image is predicted by exactly one model that did not train on it;
     the test split by all K of them (their mean), none of which trained on it."""
-    from matplotlib.colors import ListedColormap
-
     rows = [f"fold-{k} U-Net" + (" (ch. 2)" if k == 0 else "") for k in range(n_folds)]
     cols = [f"fold {k}" for k in range(n_folds)] + ["test (mean of all)"]
     grid = np.zeros((len(rows), len(cols)), dtype=int)  # 0 unseen, 1 trains on, 2 predicts

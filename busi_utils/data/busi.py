@@ -148,7 +148,7 @@ def _index_row(label: str, stem: str, paths: list[Path], root: Path) -> dict:
 def build_index(root: os.PathLike | str, progress: bool = True, workers: int = 2) -> pd.DataFrame:
     """One row per image: id, label, paths, size, mode, colour marks, lesion coverage and
     content hash. Every file is decoded once here, so bad input fails now, by name."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # light CLI path: loaded when used
 
     root = find_dataset_dir(root)
     jobs = [(label, stem, paths) for label, entries in list_files(root).items() for stem, paths in entries.items()]

@@ -17,7 +17,9 @@ from PIL import Image
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from tqdm.auto import tqdm
 
+from busi_utils.core.files import cached_csv
 from busi_utils.data import load_image
 
 THUMB = 48
@@ -25,7 +27,7 @@ THUMB = 48
 
 def image_fingerprint(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(64-bit perceptual hash as bools, zero-mean unit-norm blurred thumbnail)."""
-    import imagehash
+    import imagehash  # imagehash: loaded where used (slow import)
 
     pil = Image.fromarray(gray)
     bits = imagehash.phash(pil).hash.flatten()
@@ -36,8 +38,6 @@ def image_fingerprint(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fingerprints(index: pd.DataFrame, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Hash bits (N, 64) and thumbnails (N, 48, 48) of every indexed image."""
-    from tqdm.auto import tqdm
-
     bits, thumbs = [], []
     for path in tqdm(index["image_path"], desc="fingerprints", disable=not progress):
         b, t = image_fingerprint(load_image(path))
@@ -150,7 +150,6 @@ def groups_file(groups_csv, **thresholds) -> Path:
 def audit_duplicates(index: pd.DataFrame, groups_csv, progress: bool = True, **thresholds) -> pd.DataFrame:
     """Pairs -> groups, computed once per run folder and thresholds (``duplicate_groups.csv`` for
     the defaults; see :func:`groups_file`) and reused."""
-    from busi_utils.core.files import cached_csv
 
     def make() -> pd.DataFrame:
         pairs = find_duplicate_pairs(index, progress=progress, **thresholds)

@@ -34,14 +34,17 @@ import csv
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
-from busi_utils.core.config import CLASSES
+from busi_utils.core.config import CLASSES, cache_dir, repo_root
 from busi_utils.data import BusiDataError, extract_zip
+from busi_utils.data.synthetic import make_synthetic_external
 
 __all__ = [
     "ENV_VAR",
@@ -91,10 +94,6 @@ def find_external(root: os.PathLike | str | None = None) -> tuple[Path, str]:
     work), ``data/BUS-UCLM/`` or ``data/BUS-UCLM*.zip`` in the checkout, else a small
     **synthetic** set (kind ``synthetic``: its numbers are software tests, never results).
     BUS-UCLM is on Mendeley Data (CC BY-NC 4.0); download it yourself, it is never fetched."""
-    import warnings
-
-    from busi_utils.core.config import cache_dir, repo_root
-
     explicit = resolve_external(root)
     if explicit is not None:
         return explicit, "zip" if str(root or os.environ.get(ENV_VAR, "")).lower().endswith(".zip") else "folder"
@@ -102,7 +101,6 @@ def find_external(root: os.PathLike | str | None = None) -> tuple[Path, str]:
     for candidate in [data_dir / "BUS-UCLM", *sorted(data_dir.glob("BUS-UCLM*.zip"))]:
         if candidate.exists():
             return resolve_external(candidate), "zip" if candidate.suffix == ".zip" else "folder"
-    from busi_utils.data.synthetic import make_synthetic_external
 
     warnings.warn(
         f"BUS-UCLM not found (${ENV_VAR} unset, nothing in {data_dir}); using a SYNTHETIC external set", stacklevel=2
@@ -186,8 +184,6 @@ def build_external_index(root: os.PathLike | str, progress: bool = True) -> pd.D
     """One row per labelled image: ``image_id``, ``image_path``, ``mask_paths`` ('' if none),
     ``label``, ``patient``, ``mask_resized``, sizes, hashes and the layout's attributes
     (``doppler``, ``marks`` for BUS-UCLM). Validates everything (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     root = find_external_dir(root)
     layout = detect_layout(root)
     images = {p.name: p for p in sorted((root / "images").iterdir()) if p.is_file() and not p.name.startswith(".")}

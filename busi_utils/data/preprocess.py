@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from busi_utils.core.config import cache_dir
 from busi_utils.core.files import atomic_path
@@ -21,8 +22,6 @@ def resized_arrays(index: pd.DataFrame, size: int, progress: bool = True, loader
     from the cache when present (written atomically, so a crash never leaves half a file).
     ``loader(row) -> (gray, mask)`` reads one index row (BUSI's by default; external sets
     bring their own)."""
-    from tqdm.auto import tqdm
-
     path = cache_dir() / "resized" / f"{dataset_hash(index)}-{size}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:

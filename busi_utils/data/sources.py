@@ -165,7 +165,7 @@ def resolve_data(
     else:
         tried.append("kagglehub download: disabled (offline)")
     if allow_synthetic:
-        from busi_utils.data.synthetic import make_synthetic_busi
+        from busi_utils.data.synthetic import make_synthetic_busi  # light CLI path: loaded when used
 
         root = make_synthetic_busi(cache_dir() / "synthetic" / f"seed{synthetic_seed}", seed=synthetic_seed)
         warnings.warn("BUSI not found; using SYNTHETIC data. Tried: " + "; ".join(tried), stacklevel=2)

@@ -13,6 +13,7 @@ What it imitates, on purpose:
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -164,8 +165,6 @@ def make_synthetic_external(
     quirks the loader must handle: coloured masks (green benign, red malignant), JPEG scans
     (BUS-UCLM) or mixed formats, masks of another size than their image, images without a mask
     (generic), a patient column. Returns the folder. Deterministic for a seed; built once."""
-    import csv
-
     root = Path(root)
     if (root / ".complete").exists():
         return root

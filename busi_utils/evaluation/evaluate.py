@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,10 @@ from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import atomic_write_json
+from busi_utils.core.runfolder import default_run
+from busi_utils.data import BusiDataError
+from busi_utils.data.external import build_external_index, resolve_external
+from busi_utils.evaluation import metrics
 from busi_utils.evaluation.pipeline import (
     ADAPTATIONS,
     METHOD,
@@ -57,8 +63,6 @@ def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: 
     metrics with patient-bootstrap intervals (only those the set defines: see
     :func:`metrics.classification_metrics`; ``benign_malignant_auc`` and ``lesions_called_normal``
     whenever the set has the lesions they need); calibration of the method under shift."""
-    from busi_utils.evaluation import metrics
-
     lesion = table[table["dice"].notna()].reset_index(drop=True)
     d = lesion["dice"].to_numpy()
     report = {
@@ -104,8 +108,6 @@ def compare_with_busi(
 def metrics_by_flag(table: pd.DataFrame, flags: pd.DataFrame, variants=(METHOD, "image_only")) -> pd.DataFrame:
     """Accuracy and macro-F1 of ``variants`` on the images with and without each boolean flag
     (columns of ``flags``, aligned with ``table``; e.g. BUS-UCLM's ``marks`` and ``doppler``)."""
-    from busi_utils.evaluation import metrics
-
     out = []
     for flag in flags.columns:
         for value, part in table.assign(_flag=flags[flag].to_numpy()).groupby("_flag"):
@@ -171,13 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
     args = ap.parse_args(argv)
-    import time
-    import warnings
 
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
-    from busi_utils.core.runfolder import default_run
-    from busi_utils.data import BusiDataError
-    from busi_utils.data.external import build_external_index, resolve_external
 
     start = time.perf_counter()
     try:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from busi_utils.core.files import cached_json
-from busi_utils.data.preprocess import ArrayStore
+from busi_utils.data.preprocess import ArrayStore, resized_arrays
+from busi_utils.data.splits import copies_across, random_split
+from busi_utils.evaluation.metrics import classification_metrics
 from busi_utils.stage2.classification import CHANNELS, build_inputs, predict_tta, train_classifier
 
 
@@ -42,11 +44,9 @@ def random_split_experiment(
         }
         make = lambda: random_split_experiment(index, groups, recipe, seed, test_frac, epochs, show_progress)  # noqa: E731
         return cached_json(cache, key, make)
-    from sklearn.model_selection import train_test_split
-
-    from busi_utils.data.preprocess import resized_arrays
-    from busi_utils.data.splits import copies_across, random_split
-    from busi_utils.evaluation.metrics import classification_metrics
+    from sklearn.model_selection import (
+        train_test_split,  # scikit-learn: loaded where used (slow import)
+    )
 
     ids = index["image_id"].tolist()
     labels = index["label"].astype(str).tolist()

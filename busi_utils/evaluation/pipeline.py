@@ -9,12 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from busi_utils import data
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import read_json
+from busi_utils.core.images import prob_to_uint8
 from busi_utils.core.runfolder import RunPaths
+from busi_utils.data import preprocess
+from busi_utils.data.external import load_external_pair
 from busi_utils.evaluation.report import P
+from busi_utils.evaluation.uncertainty import entropy
+from busi_utils.serve.export import classify_batch, load_graphs, view_graph
+from busi_utils.stage1.segmentation import score_masks
+from busi_utils.stage2 import classification as cls
+from busi_utils.stage2 import crossfit, fusion, shape
 
 ADAPTATIONS = ("none", "histmatch")
 
@@ -42,9 +52,6 @@ def histogram_match(images: np.ndarray, reference_cdf: np.ndarray) -> np.ndarray
 
 def busi_reference_cdf(paths: RunPaths, size: int) -> np.ndarray:
     """The pooled gray-level CDF of the run's training-pool scans (never test images)."""
-    from busi_utils import data
-    from busi_utils.data import preprocess
-
     index = data.read_index(paths.index_csv)
     split = paths.read_split()
     store = preprocess.ArrayStore(preprocess.resized_arrays(index, size, progress=False))
@@ -61,9 +68,6 @@ class RunModels:
     shape-alone model and, when notebook 05 trained it, the leaky ground-truth-mask ceiling."""
 
     def __init__(self, run_dir: str | Path):
-        from busi_utils.serve.export import load_graphs, view_graph
-        from busi_utils.stage2 import classification as cls
-        from busi_utils.stage2 import crossfit
 
         self.paths = RunPaths(Path(run_dir).resolve())
         summary = read_json(self.paths.classifier_summary)
@@ -90,8 +94,6 @@ class RunModels:
 
 def method_answers(models: RunModels, view_probs: dict, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(fused before the temperature, fused and calibrated)``: the Predictor's computation."""
-    from busi_utils.stage2 import fusion
-
     raw = fusion.fuse(models.summary["fusion"], view_probs[fusion.SCAN_VIEW], view_probs[fusion.CROP_VIEW], conf)
     return raw, fusion.decide(models.summary["fusion"], view_probs, conf, float(models.finalised["temperature"]))
 
@@ -102,15 +104,6 @@ def predict_external(
     """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
     (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
     class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
-    import torch
-
-    from busi_utils.core import images
-    from busi_utils.data import preprocess
-    from busi_utils.data.external import load_external_pair
-    from busi_utils.serve.export import classify_batch
-    from busi_utils.stage2 import classification as cls
-    from busi_utils.stage2 import fusion, shape
-
     if adapt not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adapt!r}: {', '.join(ADAPTATIONS)}")
     size = models.cls_size
@@ -133,11 +126,10 @@ def predict_external(
             [models.seg_graph(torch.from_numpy(seg_images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
              for k in range(0, len(seg_images), 32)]
         )  # fmt: skip
-    probs = images.prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
+    probs = prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
     table = index[["image_id", "label", "patient"]].copy()
     table["label"] = table["label"].astype(str)
     seg_masks = stores[models.seg_size].masks
-    from busi_utils.stage1.segmentation import score_masks
 
     scores = score_masks(probs, seg_masks)
     table["dice"] = np.where(index["has_mask"] & (index["label"].astype(str) != "normal"), scores["dice"], np.nan)
@@ -177,7 +169,5 @@ def variant_probs(table: pd.DataFrame, variant: str) -> tuple[pd.DataFrame, np.n
 def method_tta(table: pd.DataFrame, models: RunModels) -> tuple[np.ndarray, np.ndarray]:
     """The method as the Predictor answers: fused, calibrated probabilities, and their entropy
     (what the referral rule compares with BUSI's cutoff)."""
-    from busi_utils.evaluation.uncertainty import entropy
-
     calibrated = table[[f"{METHOD}:{c}" for c in P]].to_numpy()
     return calibrated, entropy(calibrated)

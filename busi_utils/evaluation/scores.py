@@ -46,7 +46,7 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
     """Binary ROC AUC as the Mann-Whitney statistic (ties count a half): the value of sklearn's
     ``roc_auc_score``, without its input checks, which dominate the time of a bootstrap.
     Needs both a positive and a negative case."""
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # light CLI path: loaded when used
 
     positive = np.asarray(positive, bool)
     n_pos, n_neg = positive.sum(), (~positive).sum()

@@ -20,6 +20,7 @@ This module imports neither torch nor pandas, so the light inference path can us
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def _labels_to_idx(labels: Sequence[str]) -> np.ndarray:
 def fit_temperature(labels: Sequence[str], probs: np.ndarray) -> float:
     """The temperature T > 0 minimising the negative log-likelihood of softmax(log p / T)
     (Guo et al. 2017). Fit on validation data only; it changes confidence, never the ranking."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # light CLI path: loaded when used
 
     y = _labels_to_idx(labels)
     logits = np.log(np.clip(probs, 1e-8, 1))
@@ -86,7 +87,7 @@ def fit_feature_density(features: np.ndarray) -> dict[str, np.ndarray]:
     With a few hundred scans and 1280 feature dimensions the sample covariance is singular;
     Ledoit-Wolf shrinkage (scikit-learn) gives a well-conditioned estimate without a knob.
     """
-    from sklearn.covariance import LedoitWolf
+    from sklearn.covariance import LedoitWolf  # light CLI path: loaded when used
 
     lw = LedoitWolf().fit(features.astype(np.float64))
     return {"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)}
@@ -135,8 +136,6 @@ def ood_score(views: dict[str, np.ndarray], ood: dict[str, np.ndarray]) -> np.nd
 
 def load_ood(path) -> dict[str, np.ndarray] | None:
     """The saved check (``exports/ood.npz``), or None when absent or from before both views."""
-    from pathlib import Path
-
     if not Path(path).exists():
         return None
     with np.load(path) as z:

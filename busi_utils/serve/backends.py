@@ -4,6 +4,8 @@ run's model files (:mod:`busi_utils.serve.export`), imported only when it is use
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from busi_utils.core.runfolder import RunPaths
@@ -15,7 +17,7 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, paths: RunPaths, recipe: dict, threads: int = 0):
-        import onnxruntime as ort
+        import onnxruntime as ort  # light CLI path: loaded when used
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -42,12 +44,11 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, paths: RunPaths):
-        import warnings
 
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")  # torchvision import noise
-        import torch
+        import torch  # light CLI path: loaded when used
 
-        from busi_utils.serve.export import load_graphs
+        from busi_utils.serve.export import load_graphs  # light CLI path: loaded when used
 
         self.torch = torch
         self.seg_graph, self.graphs, self.summary = load_graphs(paths)

@@ -17,6 +17,8 @@ Everything here reads validation and training data only: the test split stays un
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +31,7 @@ from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_path, atomic_write_json, file_sha256, read_json
 from busi_utils.core.runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, export_status, validate
 from busi_utils.evaluation import uncertainty
+from busi_utils.evaluation.metrics import classification_metrics
 from busi_utils.serve.graphs import (
     ClassifierGraph,
     SegmenterGraph,
@@ -39,6 +42,8 @@ from busi_utils.serve.graphs import (
     tta_thetas,
     view_graph,
 )
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import crossfit, fusion
 
 __all__ = [  # this module's own names, and those it gathers from graphs (chapters call them as export.<name>)
     "affine_grid",
@@ -68,16 +73,11 @@ FINALISE_VERSION = 3  # bump when calibrate() computes something new: older entr
 
 def model_files(paths: RunPaths, summary: dict) -> list[Path]:
     """Every classifier file the method's answer depends on (each view's members)."""
-    from busi_utils.stage2 import crossfit
-
     return [crossfit.member_path(paths, v, k) for v in summary["views"] for k in summary["members"]]
 
 
 def models_fingerprint(paths: RunPaths, summary: dict) -> str:
     """One SHA-256 over the members' files and the fusion: what the calibration belongs to."""
-    import hashlib
-    import json
-
     h = hashlib.sha256(json.dumps(summary["fusion"], sort_keys=True).encode())
     for f in model_files(paths, summary):
         h.update(file_sha256(f).encode())
@@ -90,9 +90,6 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
     and the out-of-distribution density from the training and validation inputs; saved into
     ``classifier_summary.json`` under ``finalised`` and to ``exports/ood.npz``. The test split
     stays untouched. Returns the ``finalised`` entry."""
-    from busi_utils.evaluation.metrics import classification_metrics
-    from busi_utils.stage2 import crossfit, fusion
-
     _, graphs, summary = load_graphs(paths, tta_views)
     oof = crossfit.oof_table(vd, summary["views"], summary["members"])
     views = {v: crossfit.view_matrix(oof, v) for v in summary["views"]}
@@ -139,8 +136,6 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
 def export_onnx(paths: RunPaths) -> dict:
     """Write ``unet.onnx``, one ``<view>.onnx`` per stage-2 view and ``recipe.json`` (last,
     atomically: its presence means a complete export). Needs :func:`calibrate` first."""
-    from busi_utils.stage1 import segmentation as seg
-
     seg_graph, graphs, summary = load_graphs(paths)
     fin = summary["finalised"]
     start = time.perf_counter()

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import read_json
 from busi_utils.core.runfolder import RunPaths
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import crossfit
 
 
 def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
@@ -109,9 +111,6 @@ def load_graphs(paths: RunPaths, tta_views: int | None = None) -> tuple[Segmente
     """The run's fold-U-Net ensemble, each stage-2 view's member ensemble as inference graphs
     (``{view: ClassifierGraph}``), and the classifier summary (``tta_views`` defaults to the
     number fixed when the run was finalised)."""
-    from busi_utils.stage1 import segmentation as seg
-    from busi_utils.stage2 import crossfit
-
     summary = read_json(paths.classifier_summary) or {}
     members = seg.load_ensemble(paths)
     n_views = int(tta_views or summary.get("finalised", {}).get("tta_views", 2))

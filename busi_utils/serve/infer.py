@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -200,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(pred, path.stem, Path(args.out))
         return {"image": str(path), **pred.to_json()}
 
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(workers) as pool:  # decoding, inference and PNG writing release the GIL
         outcomes = list(_progress(pool.map(analyse, files), bool(args.folder), len(files)))
     results = [o for o in outcomes if isinstance(o, dict)]
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 def _progress(items, show: bool, total: int):
     if not show:
         return items
-    from tqdm import tqdm
+    from tqdm import tqdm  # light CLI path: loaded when used
 
     return tqdm(items, desc="images", total=total, file=sys.stderr)
 

@@ -8,6 +8,7 @@ probabilities, take a screenshot) in headless Chromium from the system packages 
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -80,8 +81,10 @@ def serve(run_dir: str | os.PathLike, log: Path, timeout: float = 120) -> Iterat
 @contextmanager
 def open_page(url: str, profile_dir: Path, width: int = 1300, height: int = 1000):
     """Headless Chromium on ``url`` (selenium, the system's chromedriver); yields the driver."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from selenium import webdriver  # selenium: loaded where used (slow import)
+    from selenium.webdriver.chrome.service import (
+        Service,  # selenium: loaded where used (slow import)
+    )
 
     os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium fetch a driver
     opts = webdriver.ChromeOptions()
@@ -113,9 +116,13 @@ def upload_and_read(driver, image: Path, timeout: float = 180) -> dict:
     """Upload ``image`` through the page's file input and wait for the verdict; return the
     label, the probabilities shown, the warnings, whether the disclaimer is on the page and the
     shape evidence listed (each line's text, without its meaning)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.common.by import By  # selenium: loaded where used (slow import)
+    from selenium.webdriver.support import (
+        expected_conditions as EC,  # selenium: loaded where used (slow import)
+    )
+    from selenium.webdriver.support.ui import (
+        WebDriverWait,  # selenium: loaded where used (slow import)
+    )
 
     wait = WebDriverWait(driver, timeout)
     button = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".widget-upload")))
@@ -144,8 +151,6 @@ def upload_and_read(driver, image: Path, timeout: float = 180) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``make app``: serve the demo on localhost until Ctrl-C."""
-    import argparse
-
     ap = argparse.ArgumentParser(
         prog="python -m busi_utils.serve.webapp", description="Serve the BUSI demo page with Voila."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,9 @@ from PIL import Image
 from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
 from busi_utils.core.images import prob_to_uint8
+from busi_utils.core.runfolder import RunPaths, default_run
 from busi_utils.core.viz import PALETTE
+from busi_utils.data import read_index
 from busi_utils.serve.infer import InputError, Prediction, Predictor
 
 
@@ -221,11 +224,6 @@ def launch_app(run_dir: str | None = None, n_examples: int = 40) -> InferenceApp
     """The app over a run folder (default: the one :func:`busi_utils.core.runfolder.default_run`
     picks, or ``$BUSI_RUN``), with the first test-split images to pick from. ``make app``
     serves it as a web page with Voila (``app/busi_app.ipynb``)."""
-    import os
-
-    from busi_utils.core.runfolder import RunPaths, default_run
-    from busi_utils.data import read_index
-
     paths = RunPaths(Path(run_dir or os.environ.get("BUSI_RUN") or default_run()))
     predictor = Predictor(paths.root)
     examples = {}

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 
+from busi_utils.core.errors import RunFolderError
 from busi_utils.stage1.folds import fold_numbers
 from busi_utils.stage1.predict import load_segmenter, predict_masks, score_masks
 
@@ -22,8 +23,6 @@ def ensemble_files(paths, manifest: pd.DataFrame | None = None) -> list[Path]:
 
 def load_ensemble(paths, manifest: pd.DataFrame | None = None) -> list[tuple[nn.Module, dict]]:
     """The K fold U-Nets of a run, ``(model, info)`` in fold order: stage 1 as it ships."""
-    from busi_utils.core.errors import RunFolderError
-
     members = []
     for path in ensemble_files(paths, manifest):
         if not path.exists():

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm.auto import tqdm
 
 from busi_utils.core.errors import LeakageError
 from busi_utils.core.files import atomic_path, atomic_write_text
@@ -75,8 +76,6 @@ def _predict_and_record(
 ) -> pd.DataFrame:
     """Predict ``rows`` with the mean of ``members`` (``(file name, model, info)``; one member:
     a single model), store the PNGs and record them in the manifest (written last)."""
-    from tqdm.auto import tqdm
-
     ids = rows["image_id"].tolist()
     images = np.stack([store.image(i) for i in ids]) if ids else None
     probs = seg.predict_ensemble([(m, info) for _, m, info in members], images) if ids else []
@@ -144,8 +143,6 @@ def run_oof(
     """Cross-fit one U-Net per fold (:func:`~busi_utils.stage1.segmentation.train_fold`, the recipe of
     notebook 02), predict its held-out fold, then the test split with the mean of all fold
     models. Returns the mask manifest and one record per fold (:func:`_fold_record`)."""
-    from tqdm.auto import tqdm
-
     manifest = read_mask_manifest(paths)
     records = []
     for k in tqdm(seg.fold_numbers(split), desc="folds", disable=not progress):

@@ -12,20 +12,18 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from busi_utils.core.files import load_checkpoint, save_checkpoint
+from busi_utils.evaluation.metrics import dice_iou
 from busi_utils.stage1.unet import segmenter_from_recipe
 
 
 def save_segmenter(path: Path, model: nn.Module, info: dict) -> None:
     """Weights + everything needed to rebuild and audit the model, written atomically."""
-    from busi_utils.core.files import save_checkpoint
-
     save_checkpoint(path, model.state_dict(), info)
 
 
 def load_segmenter(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild the exported U-Net (no download, no pickled code)."""
-    from busi_utils.core.files import load_checkpoint
-
     state, info = load_checkpoint(path)
     model = segmenter_from_recipe(info["recipe"], pretrained=False)  # the saved weights follow
     model.load_state_dict(state)
@@ -61,7 +59,5 @@ def predict_masks(model: nn.Module, info: dict, images: np.ndarray) -> np.ndarra
 
 def score_masks(probs: np.ndarray, truths: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
     """Per-image Dice and IoU of thresholded probabilities against boolean truths."""
-    from busi_utils.evaluation.metrics import dice_iou
-
     rows = [dice_iou(p >= threshold, t) for p, t in zip(probs, truths)]
     return pd.DataFrame(rows, columns=["dice", "iou"])

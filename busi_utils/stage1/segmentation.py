@@ -27,13 +27,18 @@ calls every one as ``seg.<name>``:
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from busi_utils.core.files import atomic_write_text
+from busi_utils.core.runfolder import RunPaths
 from busi_utils.data.preprocess import ArrayStore
+from busi_utils.stage1 import training
+from busi_utils.stage1.augment import ultrasound_segmentation
 from busi_utils.stage1.ensemble import ensemble_files, load_ensemble, member_scores, predict_ensemble
 from busi_utils.stage1.folds import check_training_items, fold_ids, fold_numbers, fold_seed, lesion_train_ids
 from busi_utils.stage1.losses import LOSSES, DiceBCELoss, DiceFocalLoss, dice, iou, soft_dice_loss
@@ -113,9 +118,15 @@ def seg_dataloaders(
     augment: bool = True,
 ):
     """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays."""
-    from fastai.vision.all import DataBlock, ImageBlock, IndexSplitter, MaskBlock, Normalize, PILImageBW, PILMask
-
-    from busi_utils.stage1.augment import ultrasound_segmentation
+    from fastai.vision.all import (  # fastai: loaded where used (slow import)
+        DataBlock,
+        ImageBlock,
+        IndexSplitter,
+        MaskBlock,
+        Normalize,
+        PILImageBW,
+        PILMask,
+    )
 
     items = list(train_ids) + list(valid_ids)
     block = DataBlock(
@@ -140,9 +151,7 @@ def _learner(
     store: ArrayStore, train_ids: Sequence[str], valid_ids: Sequence[str], recipe: dict, path: Path, show_progress: bool
 ):
     """The fastai ``Learner`` of a recipe: DataLoaders, network, loss, metrics, splitter."""
-    from fastai.learner import Learner
-
-    from busi_utils.stage1 import training
+    from fastai.learner import Learner  # fastai: loaded where used (slow import)
 
     stats = norm_stats(store, train_ids)
     watch = list(valid_ids) or list(train_ids[: recipe["batch_size"]])  # fastai wants a validation set
@@ -178,9 +187,7 @@ def train_segmenter(
     chosen on them, so the same function trains the cross-fitted fold models of notebook 03,
     whose held-out fold must not influence their training. Returns ``(model, history, info)``.
     """
-    from fastai.torch_core import set_seed
-
-    from busi_utils.stage1 import training
+    from fastai.torch_core import set_seed  # fastai: loaded where used (slow import)
 
     set_seed(seed, reproducible=True)
     with training.temporary_folder("busi-seg-") as tmp:
@@ -205,9 +212,7 @@ def suggest_lr(store: ArrayStore, train_ids: Sequence[str], recipe: dict, seed: 
     """fastai's learning-rate finder on a fresh copy of the recipe's network (the frozen phase's
     rate for a pretrained encoder): its *valley* suggestion, for comparison with the recipe's
     ``lr``. Nothing is trained for keeps; the course's models use the recipe's rate."""
-    from fastai.torch_core import set_seed
-
-    from busi_utils.stage1 import training
+    from fastai.torch_core import set_seed  # fastai: loaded where used (slow import)
 
     set_seed(seed, reproducible=True)
     with training.temporary_folder("busi-lrfind-") as tmp:
@@ -220,8 +225,6 @@ def suggest_lr(store: ArrayStore, train_ids: Sequence[str], recipe: dict, seed: 
 def model_fingerprint(recipe: dict, seed: int, train_ids_hash: str) -> str:
     """What makes two U-Nets the same model: recipe, seed and training list. Stored with every
     predicted mask so that a changed profile invalidates stale masks instead of reusing them."""
-    import json
-
     blob = json.dumps({"recipe": dict(recipe), "seed": int(seed), "train": train_ids_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -261,9 +264,6 @@ def get_or_train(
 ) -> Trained:
     """Load the model at ``path`` if it was trained with this recipe, seed and training list;
     otherwise train and save it (with its history beside it)."""
-    from busi_utils.core.files import atomic_write_text
-    from busi_utils.core.runfolder import RunPaths
-
     path, hist_path = Path(path), RunPaths.history(path)
     if path.exists() and hist_path.exists():
         model, info = load_segmenter(path)

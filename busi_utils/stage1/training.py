@@ -93,7 +93,9 @@ def temporary_folder(prefix: str) -> Iterator[Path]:
 
 def quiet(learn) -> None:
     """Remove fastai's progress bars (fold models in a loop, tests)."""
-    from fastai.callback.progress import ProgressCallback
+    from fastai.callback.progress import (
+        ProgressCallback,  # fastai: loaded where used (slow import)
+    )
 
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
     learn.logger = lambda *args, **kwargs: None  # without the bar, fastai would print each epoch's row

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from busi_utils.stage1.pretrained import create_lite0
+
 
 class ConvBlock(nn.Sequential):
     def __init__(self, c_in: int, c_out: int):
@@ -97,7 +99,6 @@ class Lite0UNet(nn.Module):
         input_skip: bool = False,
     ):
         super().__init__()
-        from busi_utils.stage1.pretrained import create_lite0
 
         self.encoder = create_lite0(in_ch, pretrained, features_only=True)
         self.input_skip = input_skip
@@ -134,7 +135,7 @@ def encoder_decoder_split(model: nn.Module) -> list:
 
 def imagenet_weights_cached(arch: str) -> bool:
     """True when torchvision's ImageNet weights for ``arch`` are already on disk (no download)."""
-    import torchvision
+    import torchvision  # only the ResNet variants need torchvision
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
     return (Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name).exists()
@@ -185,8 +186,10 @@ def build_segmenter(
     if arch in ("light", "attention"):
         return LightUNet(base=base, attention=arch == "attention")
     if arch in ("resnet18", "resnet34"):
-        import torchvision
-        from fastai.vision.learner import create_unet_model
+        import torchvision  # only the ResNet variants need torchvision
+        from fastai.vision.learner import (
+            create_unet_model,  # fastai: loaded where used (slow import)
+        )
 
         use = use_cached_imagenet(arch, pretrained, verbose, "encoder")
         return create_unet_model(

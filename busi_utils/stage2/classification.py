@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 
 from busi_utils.core.config import CLASSES
+from busi_utils.core.files import load_checkpoint, save_checkpoint
+from busi_utils.stage1 import training
+from busi_utils.stage1.augment import mirror_and_gamma, ultrasound_multichannel
 from busi_utils.stage2.inputs import (
     CHANNELS,
     CROP_SCALE,
@@ -80,7 +83,12 @@ def cls_dataloaders(
     ``mask_aug`` only predicted masks. ``aug``: ``"fastai"`` (``aug_transforms``: flips, small
     rotations and zooms, lighting) or ``"scan"`` (mirror, and gamma/gain/bias on the scan only). ``balance='sampler'`` draws batches with class-balanced
     probabilities (fastai's weighted dataloader)."""
-    from fastai.vision.all import Categorize, Datasets, Normalize, TensorImage
+    from fastai.vision.all import (  # fastai: loaded where used (slow import)
+        Categorize,
+        Datasets,
+        Normalize,
+        TensorImage,
+    )
 
     xs = np.concatenate([x_train, x_valid])
     ys = list(y_train) + list(y_valid)
@@ -93,7 +101,6 @@ def cls_dataloaders(
         ],
         splits=[list(range(n_train)), list(range(n_train, len(xs)))],
     )
-    from busi_utils.stage1.augment import mirror_and_gamma, ultrasound_multichannel
 
     kinds = list(kinds or CHANNELS["image+pred_mask"][: x_train.shape[1]])
     augs = mirror_and_gamma(kinds) if aug == "scan" else ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug)
@@ -147,14 +154,14 @@ def train_classifier(
     rates: ``head`` / ``dropout`` (:func:`build_classifier`), ``label_smoothing``, ``aug``
     (:func:`cls_dataloaders`), ``norm`` (:func:`input_stats`). ``kinds`` names the input channels
     (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
-    from fastai.callback.tracker import SaveModelCallback
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import F1Score, accuracy
-    from fastai.torch_core import set_seed
-    from fastai.vision.learner import default_split
-
-    from busi_utils.stage1 import training
+    from fastai.callback.tracker import (
+        SaveModelCallback,  # fastai: loaded where used (slow import)
+    )
+    from fastai.learner import Learner  # fastai: loaded where used (slow import)
+    from fastai.losses import CrossEntropyLossFlat  # fastai: loaded where used (slow import)
+    from fastai.metrics import F1Score, accuracy  # fastai: loaded where used (slow import)
+    from fastai.torch_core import set_seed  # fastai: loaded where used (slow import)
+    from fastai.vision.learner import default_split  # fastai: loaded where used (slow import)
 
     set_seed(seed, reproducible=True)
     balance = balance or recipe.get("balance", "weighted_loss")
@@ -246,13 +253,11 @@ def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, flip: bo
 
 
 def save_classifier(path: Path, model: nn.Module, info: dict) -> None:
-    from busi_utils.core.files import save_checkpoint
 
     save_checkpoint(path, model.state_dict(), info)
 
 
 def load_classifier(path: Path) -> tuple[nn.Module, dict]:
-    from busi_utils.core.files import load_checkpoint
 
     state, info = load_checkpoint(path)
     r = info["recipe"]

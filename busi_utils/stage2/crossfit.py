@@ -21,12 +21,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_text
 from busi_utils.core.runfolder import RunPaths
+from busi_utils.evaluation.metrics import classification_metrics
+from busi_utils.stage1.segmentation import fold_seed
 from busi_utils.stage1.training import Trained
 from busi_utils.stage2 import classification as cls
+from busi_utils.stage2 import fusion
 
 P = [f"p_{c}" for c in CLASSES]
 
@@ -63,8 +67,6 @@ def train_member(
     """Train (or resume) member ``fold`` of ``view``: trained on the pool outside ``fold`` with
     seed ``fold_seed(seed, fold)``; saves its out-of-fold probabilities (fold ``fold``, mirror
     TTA), its test probabilities and its history, the model file last (its presence means done)."""
-    from busi_utils.stage1.segmentation import fold_seed
-
     path = member_path(vd.paths, view, fold, tag)
     member_seed = fold_seed(seed, fold)
     resumed = _resumable(path, recipe, member_seed, vd.masks_hash)
@@ -102,8 +104,6 @@ def train_view(
     tag: int | None = None,
 ) -> list[Trained]:
     """All members of one view, with a progress bar over the folds (resumed members are instant)."""
-    from tqdm.auto import tqdm
-
     return [
         train_member(vd, view, recipe, seed, k, tag=tag)
         for k in tqdm(list(folds), desc=f"{view} members", disable=not progress)
@@ -204,9 +204,6 @@ def member_pairs(
     """Member by member on ``rows`` (test images): member k's views fused by the run's rule and
     temperature, against ``baseline``'s member k (same folds, same seed). One row per (member,
     variant) in the layout of a seed study (the member in column ``seed``)."""
-    from busi_utils.evaluation.metrics import classification_metrics
-    from busi_utils.stage2 import fusion
-
     out = []
     for k in summary["members"]:
         by_view = {

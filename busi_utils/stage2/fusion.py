@@ -75,7 +75,7 @@ def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
         scores = [_macro_f1(y, veto(mean, conf, t)) for t in VETO_GRID]
         params["threshold"] = float(VETO_GRID[int(np.argmax(scores))])
     elif kind == "stacked":
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
 
         lr = LogisticRegression(C=1.0, max_iter=2000).fit(stack_features(p_scan, p_crop, conf), y)
         params["coef"], params["intercept"] = lr.coef_.tolist(), lr.intercept_.tolist()
@@ -119,10 +119,10 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf, s
     best candidate and each rule (paired: the same resampled images), and the rules'
     cross-validated probabilities (``{kind: probs}``), on the training pool only. (pandas is
     imported here, not at the top: the Predictor's light path imports this module.)"""
-    import pandas as pd
-    from sklearn.metrics import log_loss
+    import pandas as pd  # light CLI path: loaded when used
+    from sklearn.metrics import log_loss  # light CLI path: loaded when used
 
-    from busi_utils.evaluation.metrics import classification_metrics
+    from busi_utils.evaluation.metrics import classification_metrics  # light CLI path: loaded when used
 
     y = np.array([CLASSES.index(str(label)) for label in labels])
     folds = np.asarray(folds)
@@ -194,7 +194,7 @@ SCAN_VIEW, CROP_VIEW = "image+pred_mask", "lesion_crop"
 def decide(params: dict, view_probs: dict, conf, temperature: float = 1.0) -> np.ndarray:
     """The method's answer, as the Predictor computes it on either backend: the views' ensemble
     probabilities fused by ``params``, then softened by the temperature fitted on held-out images."""
-    from busi_utils.evaluation.uncertainty import apply_temperature
+    from busi_utils.evaluation.uncertainty import apply_temperature  # light CLI path: loaded when used
 
     fused = fuse(params, view_probs[SCAN_VIEW], view_probs.get(CROP_VIEW, view_probs[SCAN_VIEW]), conf)
     return apply_temperature(fused, temperature)
@@ -203,7 +203,7 @@ def decide(params: dict, view_probs: dict, conf, temperature: float = 1.0) -> np
 def fit_shape_alone(features: np.ndarray, labels: Sequence[str], C: float = 1.0) -> dict:
     """ "Shape alone", the ablation that reads no pixel: a multinomial logistic regression on the
     twelve descriptors of the predicted mask (:func:`busi_utils.stage2.shape.shape_matrix`), standardised."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
 
     x = np.asarray(features, np.float64)
     mean, scale = x.mean(0), x.std(0) + 1e-9

@@ -29,7 +29,9 @@ import pandas as pd
 from busi_utils.core.config import CLASSES
 from busi_utils.core.images import resize_prob
 from busi_utils.core.runfolder import RunPaths
-from busi_utils.data.preprocess import ArrayStore
+from busi_utils.data.preprocess import ArrayStore, resized_arrays
+from busi_utils.stage1 import oof
+from busi_utils.stage2.shape import lesion_crop
 
 VARIANTS = ("image_only", "image+pred_mask", "lesion_crop", "mask_only", "image+gt_mask")
 
@@ -75,8 +77,6 @@ def build_inputs(
             elif kind == "pred_mask":
                 out[n, c] = resize_prob(pred_masks[i], size)
             elif kind == "crop":
-                from busi_utils.stage2.shape import lesion_crop
-
                 out[n, c] = lesion_crop(crop_images.image(i) / np.float32(255.0), pred_masks[i], size, CROP_SCALE)
             else:
                 out[n, c] = images.mask(i)
@@ -98,7 +98,6 @@ def variant_file(variant: str) -> str:
 def masks_hash(pred_masks: dict[str, np.ndarray] | None) -> str:
     """Fingerprint of the predicted masks a classifier trained with: new masks (a retrained
     U-Net) mean a new classifier, never a stale one resumed from the run folder."""
-
     h = hashlib.sha256()
     for i in sorted(pred_masks or {}):
         h.update(i.encode())
@@ -147,9 +146,6 @@ def load_variant_data(
 ) -> VariantData:
     """The classifier's data for a run folder: images at ``size`` and the stored predicted masks
     of the training pool and the test split, after proving them leak-free (:mod:`busi_utils.stage1.oof`)."""
-    from busi_utils.data.preprocess import resized_arrays
-    from busi_utils.stage1 import oof
-
     manifest = oof.read_mask_manifest(paths)
     oof.check_leak_free(manifest, split, paths)  # refuse to train on masks that leak
     images = ArrayStore(resized_arrays(index, size, progress=progress))

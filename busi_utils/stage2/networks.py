@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from busi_utils.core.config import CLASSES
+from busi_utils.stage1.pretrained import create_lite0
+from busi_utils.stage1.unet import use_cached_imagenet
 
 
 def linear_head(n_features: int, dropout: float) -> nn.Module:
@@ -33,9 +35,10 @@ def build_classifier(
     ``resnet18`` / ``resnet34``: torchvision, ImageNet weights only when already cached (fastai's
     ``n_in`` rule adapts the first convolution)."""
     if arch == "lite0":
-        from fastai.vision.learner import apply_init, create_head
-
-        from busi_utils.stage1.pretrained import create_lite0
+        from fastai.vision.learner import (  # fastai: loaded where used (slow import)
+            apply_init,
+            create_head,
+        )
 
         use = pretrained is not False
         if verbose:
@@ -53,10 +56,10 @@ def build_classifier(
         fastai_head = create_head(body.num_features, len(CLASSES))
         apply_init(fastai_head, nn.init.kaiming_normal_)
         return nn.Sequential(body, fastai_head)
-    import torchvision
-    from fastai.vision.learner import create_vision_model
-
-    from busi_utils.stage1.unet import use_cached_imagenet
+    import torchvision  # only the ResNet variants need torchvision
+    from fastai.vision.learner import (
+        create_vision_model,  # fastai: loaded where used (slow import)
+    )
 
     use = use_cached_imagenet(arch, pretrained, verbose, "backbone")
     return create_vision_model(getattr(torchvision.models, arch), n_out=len(CLASSES), pretrained=use, n_in=n_in)
