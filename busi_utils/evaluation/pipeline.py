@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from busi_utils import data
 from busi_utils.core.config import CLASSES
@@ -21,10 +20,7 @@ from busi_utils.data import preprocess
 from busi_utils.data.external import load_external_pair
 from busi_utils.evaluation.report import P
 from busi_utils.evaluation.uncertainty import entropy
-from busi_utils.serve.export import classify_batch, load_graphs, view_graph
-from busi_utils.stage1.segmentation import score_masks
-from busi_utils.stage2 import classification as cls
-from busi_utils.stage2 import crossfit, fusion, shape
+from busi_utils.stage2 import fusion, shape
 
 ADAPTATIONS = ("none", "histmatch")
 
@@ -68,6 +64,9 @@ class RunModels:
     shape-alone model and, when notebook 05 trained it, the leaky ground-truth-mask ceiling."""
 
     def __init__(self, run_dir: str | Path):
+        from busi_utils.serve.export import load_graphs, view_graph  # torch, after the CLI's checks
+        from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
+        from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
 
         self.paths = RunPaths(Path(run_dir).resolve())
         summary = read_json(self.paths.classifier_summary)
@@ -104,6 +103,12 @@ def predict_external(
     """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
     (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
     class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
+    import torch  # torch, after the CLI's checks
+
+    from busi_utils.serve.export import classify_batch  # torch, after the CLI's checks
+    from busi_utils.stage1.segmentation import score_masks  # torch, after the CLI's checks
+    from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
+
     if adapt not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adapt!r}: {', '.join(ADAPTATIONS)}")
     size = models.cls_size
