@@ -14,8 +14,8 @@ PIPELINE = [  # (label, detail, colour): the boxes of the two-stage pipeline, le
     ("stage 1: U-Net", "where is the lesion?\nfold ensemble", "#9ecae1"),
     ("predicted mask", "out-of-fold for\ntraining images", "#c6dbef"),
     ("stage 2: two views", "whole scan + mask\nlesion crop", "#fdd0a2"),
-    ("fused decision", "mean of the views,\ncalibrated (T)", "#fdae6b"),
-    ("answer", "normal / benign /\nmalignant + evidence", "#d9d9d9"),
+    ("fused decision", "a rule chosen out\nof fold, calibrated", "#fdae6b"),
+    ("answer", "normal / benign /\nmalignant + shape", "#d9d9d9"),
 ]
 
 
@@ -39,10 +39,12 @@ def plot_pipeline(ax=None):
         _box(ax, x, 0.9, w, h, f"{label}\n\n{detail}", colour)
         if k:
             _arrow(ax, (x - gap, 1.4), (x, 1.4))
-    mask_x, fused_x = 2 * (w + gap) + w / 2, 4 * (w + gap) + w / 2
-    _box(ax, mask_x - 0.2, -0.25, fused_x - mask_x + 0.4, 0.6, "shape evidence and the U-Net's confidence", "#e5f5e0")
+    mask_x, fused_x, answer_x = (k * (w + gap) + w / 2 for k in (2, 4, 5))
+    text = "read off the mask: was a lesion found (the U-Net's confidence)?\nand its shape (BI-RADS-like), shown with the answer"
+    _box(ax, mask_x - 0.3, -0.25, answer_x - mask_x + 0.6, 0.6, text, "#e5f5e0", 8)
     _arrow(ax, (mask_x, 0.9), (mask_x, 0.35))
     _arrow(ax, (fused_x, 0.35), (fused_x, 0.9))
+    _arrow(ax, (answer_x, 0.35), (answer_x, 0.9))
     ax.set_xlim(-0.2, len(PIPELINE) * (w + gap))
     ax.set_ylim(-0.4, 2.1)
     ax.set_axis_off()
