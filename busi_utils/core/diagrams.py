@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
+from busi_utils.stage1 import training
+
 PIPELINE = [  # (label, detail, colour): the boxes of the two-stage pipeline, left to right
     ("scan", "grayscale\nultrasound", "#d9d9d9"),
     ("stage 1: U-Net", "where is the lesion?\nfold ensemble", "#9ecae1"),
@@ -89,23 +91,15 @@ def schedule(recipe: dict, n_batches: int = 100) -> dict[str, np.ndarray]:
         combined_cos,  # fastai: loaded where used (slow import)
     )
 
-    lr, mult = float(recipe["lr"]), float(recipe.get("lr_mult", 1) or 1)
-    frozen = int(recipe.get("freeze_epochs", 0)) if recipe.get("pretrained") else 0
-    body, head = [], []
-    if frozen:
-        steps = frozen * n_batches
-        f = combined_cos(0.99, lr / 25, lr, lr / 1e5)  # fastai's defaults: div 25, div_final 1e5
-        head += [f(i / steps) for i in range(steps)]
-        body += [0.0] * steps
-        lr, div = lr / 2, 5.0
-    else:
-        div = 25.0
-    steps, pct = int(recipe["epochs"]) * n_batches, float(recipe.get("pct_start", 0.3 if frozen else 0.25))
-    f = combined_cos(pct, 1 / div, 1.0, 1 / 1e5)
-    shape = [f(i / steps) for i in range(steps)]
-    head += [lr * v for v in shape]
-    body += [lr / mult * v for v in shape]
-    return {"head": np.array(head), "body": np.array(body), "frozen_batches": frozen * n_batches}
+    body, head, frozen = [], [], 0
+    for ph in training.phases(recipe, float(recipe["lr"])):
+        steps = ph["epochs"] * n_batches
+        f = combined_cos(ph["pct_start"], 1 / ph["div"], 1.0, 1 / 1e5)  # fastai's div_final: 1e5
+        shape = np.array([f(i / steps) for i in range(steps)])
+        head += list(ph["head"] * shape)
+        body += list((ph["body"] or 0.0) * shape)
+        frozen += steps if ph["body"] is None else 0
+    return {"head": np.array(head), "body": np.array(body), "frozen_batches": frozen}
 
 
 def plot_schedule(recipe: dict, title: str, n_batches: int = 100, ax=None):

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Trained", "uses_fine_tune", "fit", "total_epochs", "temporary_folder", "quiet"]
+__all__ = ["Trained", "uses_fine_tune", "phases", "fit", "total_epochs", "temporary_folder", "quiet"]
 
 
 @dataclass
@@ -48,30 +48,41 @@ def total_epochs(recipe: dict) -> int:
     return int(recipe["epochs"]) + (int(recipe.get("freeze_epochs", 0)) if uses_fine_tune(recipe) else 0)
 
 
+def phases(recipe: dict, lr: float) -> list[dict]:
+    """The ``fit_one_cycle`` calls a recipe makes, in order: epochs, the head's and the pretrained
+    body's peak rates (``body`` None while it is frozen), ``pct_start`` and ``div``. :func:`fit`
+    runs them; the chapters draw them (:func:`busi_utils.core.diagrams.schedule`)."""
+    epochs = int(recipe["epochs"])
+    if uses_fine_tune(recipe):  # fastai's fine_tune: frozen, then everything at half the rate
+        half = lr / 2
+        body = half / float(recipe.get("lr_mult", 100))
+        return [
+            {"epochs": int(recipe["freeze_epochs"]), "head": lr, "body": None, "pct_start": 0.99, "div": 25.0},
+            {"epochs": epochs, "head": half, "body": body, "pct_start": 0.3, "div": 5.0},
+        ]
+    if recipe.get("pretrained") and recipe.get("lr_mult"):  # no frozen phase, discriminative rates
+        pct = float(recipe.get("pct_start", 0.25))
+        return [{"epochs": epochs, "head": lr, "body": lr / float(recipe["lr_mult"]), "pct_start": pct, "div": 25.0}]
+    return [{"epochs": epochs, "head": lr, "body": lr, "pct_start": 0.25, "div": 25.0}]  # one rate for all
+
+
 def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.DataFrame, float]:
-    """Train ``learn`` by ``recipe``; returns ``(history, seconds)``, one history row per epoch
-    with a ``phase`` column (``frozen`` / ``all``). ``cbs`` are passed to every phase."""
+    """Train ``learn`` by ``recipe`` (its :func:`phases`); returns ``(history, seconds)``, one
+    history row per epoch with a ``phase`` column (``frozen`` / ``all``). ``cbs`` are passed to
+    every phase."""
     cbs = list(cbs or [])
     rows: list[tuple[str, list]] = []
     start = time.perf_counter()
-    if uses_fine_tune(recipe):
-        learn.freeze()
-        learn.fit_one_cycle(int(recipe["freeze_epochs"]), slice(lr), pct_start=0.99, cbs=cbs)
-        rows += [("frozen", v) for v in learn.recorder.values]
-        learn.unfreeze()
-        half = lr / 2
-        learn.fit_one_cycle(
-            int(recipe["epochs"]),
-            slice(half / float(recipe.get("lr_mult", 100)), half),
-            pct_start=0.3,
-            div=5.0,
-            cbs=cbs,
-        )
-    elif recipe.get("pretrained") and recipe.get("lr_mult"):  # no frozen phase, discriminative rates
-        rates = slice(lr / float(recipe["lr_mult"]), lr)
-        learn.fit_one_cycle(int(recipe["epochs"]), rates, pct_start=float(recipe.get("pct_start", 0.25)), cbs=cbs)
-    else:
-        learn.fit_one_cycle(int(recipe["epochs"]), lr, cbs=cbs)
+    for k, ph in enumerate(phases(recipe, lr)):
+        if ph["body"] is None:
+            learn.freeze()
+            rates = slice(ph["head"])
+        else:
+            if k:
+                rows += [("frozen", v) for v in learn.recorder.values]
+                learn.unfreeze()
+            rates = ph["head"] if ph["body"] == ph["head"] else slice(ph["body"], ph["head"])
+        learn.fit_one_cycle(ph["epochs"], rates, pct_start=ph["pct_start"], div=ph["div"], cbs=cbs)
     rows += [("all", v) for v in learn.recorder.values]
     seconds = time.perf_counter() - start
     names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
