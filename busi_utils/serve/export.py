@@ -30,22 +30,20 @@ import torch.nn as nn
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_path, atomic_write_json, file_sha256, read_json
 from busi_utils.core.runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, export_status, validate
+from busi_utils.core.tta import affine_grid, sample_view, tta_thetas
 from busi_utils.evaluation import uncertainty
 from busi_utils.evaluation.metrics import classification_metrics
 from busi_utils.serve.graphs import (
     ClassifierGraph,
     SegmenterGraph,
-    affine_grid,
     classify_batch,
     load_graphs,
-    sample_view,
-    tta_thetas,
     view_graph,
 )
 from busi_utils.stage1 import segmentation as seg
 from busi_utils.stage2 import crossfit, fusion
 
-__all__ = [  # this module's own names, and those it gathers from graphs (chapters call them as export.<name>)
+__all__ = [  # this module's own names, and those it gathers from graphs and tta (chapters call them as export.<name>)
     "affine_grid",
     "calibrate",
     "ClassifierGraph",

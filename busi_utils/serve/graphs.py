@@ -7,40 +7,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import read_json
 from busi_utils.core.runfolder import RunPaths
+from busi_utils.core.tta import averaged, view_grids
 from busi_utils.stage1 import segmentation as seg
 from busi_utils.stage2 import crossfit
 
 
-def tta_thetas(n: int, seed: int = 0) -> list[tuple[float, float, float]]:
-    """``(scale, dx, dy)`` of the random zoom-and-shift views beyond the first two (identity
-    and mirror): drawn once from ``seed``, so every prediction uses the very same views."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(max(0, n - 2)):
-        scale = rng.uniform(0.9, 1.0)
-        dx, dy = rng.uniform(-0.05, 0.05, 2)
-        out.append((float(scale), float(dx), float(dy)))
-    return out
-
-
-def affine_grid(scale: float, dx: float, dy: float, shape) -> torch.Tensor:
-    """Sampling grid (N, S, S, 2) of a zoom by ``scale`` and a shift by (dx, dy) (fractions of
-    the half-width): computed once, so the exported graph holds it as a constant (ONNX opset 17
-    has no affine_grid)."""
-    theta = torch.tensor([[scale, 0, dx], [0, scale, dy]], dtype=torch.float32).expand(shape[0], 2, 3)
-    return F.affine_grid(theta, list(shape), align_corners=False)
-
-
-def sample_view(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The view of a batch (N, C, S, S) at ``grid``, all channels alike."""
-    return F.grid_sample(
-        t, grid.expand(len(t), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
-    )
+def _sigmoid_of(unet: nn.Module):
+    """The lesion probability map of one U-Net (its logits through a sigmoid)."""
+    return lambda z: torch.sigmoid(unet(z))
 
 
 class SegmenterGraph(nn.Module):
@@ -56,11 +34,7 @@ class SegmenterGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(x)
         for unet, (mean, std) in zip(self.unets, self.stats):
-            z = (x - mean) / std
-            p = torch.sigmoid(unet(z))
-            if self.flip:
-                p = (p + torch.sigmoid(unet(z.flip(-1))).flip(-1)) / 2
-            total = total + p
+            total = total + averaged(_sigmoid_of(unet), (x - mean) / std, 2 if self.flip else 1, spatial=True)
         return total / len(self.unets)
 
 
@@ -79,20 +53,24 @@ class ClassifierGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1))
         self.n_views, self.size, self.stats = int(n_views), int(size), stats
-        shape = (1, len(stats[0]), size, size)
-        self.grids = [affine_grid(*theta, shape) for theta in tta_thetas(n_views, seed)]  # constants in the export
+        self.grids = view_grids(n_views, len(stats[0]), size, seed)  # constants in the export
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = [x] + ([x.flip(-1)] if self.n_views > 1 else []) + [sample_view(x, g) for g in self.grids]
-        views = [(v - self.mean) / self.std for v in views]
-        probs, feats = torch.zeros(len(x), len(CLASSES)), None
+        feats: list[torch.Tensor] = []  # the first member's identity view's pooled features
+
+        def member(body: nn.Module, head: nn.Module):
+            def predict(v: torch.Tensor) -> torch.Tensor:
+                f = body((v - self.mean) / self.std)
+                if not feats:
+                    feats.append(f.mean(dim=(2, 3)))
+                return torch.softmax(head(f), dim=1)
+
+            return predict
+
+        probs = torch.zeros(len(x), len(CLASSES))
         for body, head in zip(self.bodies, self.heads):
-            for v in views:
-                f = body(v)
-                if feats is None:
-                    feats = f.mean(dim=(2, 3))
-                probs = probs + torch.softmax(head(f), dim=1)
-        return probs / (len(views) * len(self.bodies)), feats
+            probs = probs + averaged(member(body, head), x, self.n_views, self.grids)
+        return probs / len(self.bodies), feats[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features of the first member's identity view only (what the density is fitted on)."""

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from busi_utils.core import tta
 from busi_utils.core.files import load_checkpoint, save_checkpoint
 from busi_utils.evaluation.metrics import dice_iou
 from busi_utils.stage1.unet import segmenter_from_recipe
@@ -44,9 +45,7 @@ def predict_probs(
     for k in range(0, len(images), bs):
         x = torch.from_numpy(np.array(images[k : k + bs])).float().div(255.0).unsqueeze(1)
         x = (x - stats[0]) / stats[1]
-        p = torch.sigmoid(model(x))
-        if flip:
-            p = (p + torch.sigmoid(model(x.flip(-1))).flip(-1)) / 2
+        p = tta.averaged(lambda z: torch.sigmoid(model(z)), x, 2 if flip else 1, spatial=True)
         out.append(p.squeeze(1).numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
 

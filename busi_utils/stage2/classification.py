@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from busi_utils.core import tta
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import load_checkpoint, save_checkpoint
 from busi_utils.stage1 import training
@@ -234,21 +235,20 @@ def kept_epoch(history: pd.DataFrame, keep_best: bool) -> int:
 
 def predict_tta(model: nn.Module, x: np.ndarray, stats) -> np.ndarray:
     """Mean probabilities of the scan and its mirror image (the members' prediction)."""
-    return (predict_proba(model, x, stats) + predict_proba(model, x, stats, flip=True)) / 2
+    return predict_proba(model, x, stats, n_views=2)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, flip: bool = False) -> np.ndarray:
-    """Class probabilities (N, 3) in CLASSES order. ``flip`` mirrors left-right (for TTA)."""
+def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, n_views: int = 1) -> np.ndarray:
+    """Class probabilities (N, 3) in CLASSES order, averaged over ``n_views`` TTA views
+    (:func:`busi_utils.core.tta.averaged`: 1 is the scan alone, 2 adds its mirror image)."""
     model.eval()
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     out = []
     for k in range(0, len(x), bs):
         xb = (torch.from_numpy(x[k : k + bs]) - mean) / std
-        if flip:
-            xb = xb.flip(-1)
-        out.append(torch.softmax(model(xb), dim=1).numpy())
+        out.append(tta.averaged(lambda v: torch.softmax(model(v), dim=1), xb, n_views).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
 
 
