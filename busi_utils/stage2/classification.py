@@ -55,6 +55,8 @@ __all__ = [  # this module's own names, and those it gathers from inputs and net
     "predict_tta",
     "probs_frame",
     "read_probs_file",
+    "reading_learner",
+    "recipe_learner",
     "save_classifier",
     "train_classifier",
     "variant_file",
@@ -79,17 +81,15 @@ def cls_dataloaders(
     mask_aug: bool = False,
     aug: str = "fastai",
 ):
-    """fastai DataLoaders over in-memory multi-channel arrays. ``kinds`` names the channels
+    """fastai DataLoaders over in-memory multi-channel arrays (as :class:`ScanWithMask`, which
+    fastai's ``show_batch`` / ``show_results`` can draw). ``kinds`` names the channels
     (default: image, then predicted mask) so that lighting touches only the scan and
     ``mask_aug`` only predicted masks. ``aug``: ``"fastai"`` (``aug_transforms``: flips, small
     rotations and zooms, lighting) or ``"scan"`` (mirror, and gamma/gain/bias on the scan only). ``balance='sampler'`` draws batches with class-balanced
     probabilities (fastai's weighted dataloader)."""
-    from fastai.vision.all import (  # fastai: loaded where used (slow import)
-        Categorize,
-        Datasets,
-        Normalize,
-        TensorImage,
-    )
+    from fastai.vision.all import Categorize, Datasets, Normalize  # fastai: loaded where used (slow import)
+
+    from busi_utils.stage2.display import ScanWithMask  # fastai: loaded where used (slow import)
 
     xs = np.concatenate([x_train, x_valid])
     ys = list(y_train) + list(y_valid)
@@ -97,7 +97,7 @@ def cls_dataloaders(
     dsets = Datasets(
         list(range(len(xs))),
         tfms=[
-            [lambda i: TensorImage(torch.from_numpy(xs[i]))],
+            [lambda i: ScanWithMask(torch.from_numpy(xs[i]))],
             [lambda i: ys[i], Categorize(vocab=list(CLASSES), sort=False)],
         ],
         splits=[list(range(n_train)), list(range(n_train, len(xs)))],
@@ -155,14 +155,8 @@ def train_classifier(
     rates: ``head`` / ``dropout`` (:func:`build_classifier`), ``label_smoothing``, ``aug``
     (:func:`cls_dataloaders`), ``norm`` (:func:`input_stats`). ``kinds`` names the input channels
     (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
-    from fastai.callback.tracker import (
-        SaveModelCallback,  # fastai: loaded where used (slow import)
-    )
-    from fastai.learner import Learner  # fastai: loaded where used (slow import)
-    from fastai.losses import CrossEntropyLossFlat  # fastai: loaded where used (slow import)
-    from fastai.metrics import F1Score, accuracy  # fastai: loaded where used (slow import)
+    from fastai.callback.tracker import SaveModelCallback  # fastai: loaded where used (slow import)
     from fastai.torch_core import set_seed  # fastai: loaded where used (slow import)
-    from fastai.vision.learner import default_split  # fastai: loaded where used (slow import)
 
     set_seed(seed, reproducible=True)
     balance = balance or recipe.get("balance", "weighted_loss")
@@ -180,7 +174,6 @@ def train_classifier(
         bool(recipe.get("mask_aug")),
         recipe.get("aug", "fastai"),
     )
-    weight = class_weights(y_train) if balance == "weighted_loss" else None
     model = build_classifier(
         recipe["arch"],
         x_train.shape[1],
@@ -191,15 +184,7 @@ def train_classifier(
     )
     keep_best = recipe.get("keep", "best") == "best"
     with training.temporary_folder("busi-cls-") as tmp:
-        learn = Learner(
-            dls,
-            model,
-            loss_func=CrossEntropyLossFlat(weight=weight, label_smoothing=float(recipe.get("label_smoothing", 0.0))),
-            metrics=[accuracy, F1Score(average="macro")],
-            path=tmp,
-            model_dir=".",
-            splitter=default_split,
-        )
+        learn = recipe_learner(dls, model, recipe, y_train, balance, tmp)
         if not show_progress:
             training.quiet(learn)
         history, seconds = training.fit(
@@ -221,6 +206,39 @@ def train_classifier(
         "vocab": list(CLASSES),
     }
     return learn.model.eval(), history, info
+
+
+def recipe_learner(dls, model: nn.Module, recipe: dict, y_train: Sequence[str], balance: str, path: Path):
+    """The recipe's fastai ``Learner``: cross-entropy (inverse-frequency class weights under
+    ``weighted_loss``, the recipe's label smoothing), accuracy and macro-F1, body/head splitter."""
+    from fastai.learner import Learner  # fastai: loaded where used (slow import)
+    from fastai.losses import CrossEntropyLossFlat  # fastai: loaded where used (slow import)
+    from fastai.metrics import F1Score, accuracy  # fastai: loaded where used (slow import)
+    from fastai.vision.learner import default_split  # fastai: loaded where used (slow import)
+
+    weight = class_weights(y_train) if balance == "weighted_loss" else None
+    smoothing = float(recipe.get("label_smoothing", 0.0))
+    return Learner(
+        dls,
+        model,
+        loss_func=CrossEntropyLossFlat(weight=weight, label_smoothing=smoothing),
+        metrics=[accuracy, F1Score(average="macro")],
+        path=path,
+        model_dir=".",
+        splitter=default_split,
+    )
+
+
+def reading_learner(model: nn.Module, info: dict, x_train, y_train, x_valid, y_valid, path: Path = Path(".")):
+    """A ``Learner`` around an already *trained* classifier and its own validation arrays (a
+    member's held-out fold). It trains nothing: it lets fastai's views read the model,
+    ``learn.show_results()`` and ``ClassificationInterpretation.from_learner(learn)``."""
+    r = info["recipe"]
+    dls = cls_dataloaders(
+        x_train, y_train, x_valid, y_valid, r["batch_size"], info["stats"], info["balance"], info["seed"],
+        CHANNELS.get(info.get("variant", "")), bool(r.get("mask_aug")), r.get("aug", "fastai"),
+    )  # fmt: skip
+    return recipe_learner(dls, model, r, y_train, info["balance"], path)
 
 
 def kept_epoch(history: pd.DataFrame, keep_best: bool) -> int:
