@@ -45,11 +45,12 @@ def test_each_chapter_offers_the_exercise_tested_here(chapter):
 
 def test_01_other_duplicate_thresholds_give_other_groups(quick_paths, tmp_path):
     index = data.read_index(quick_paths.index_csv)
-    groups_csv = tmp_path / "duplicate_groups.csv"
+    groups_csv = shutil.copy(quick_paths.groups_csv, tmp_path / "duplicate_groups.csv")  # the run's, cached
     default = dedup.audit_duplicates(index, groups_csv, progress=False)
-    loose = dedup.audit_duplicates(index, groups_csv, progress=False, max_hamming=24, min_similarity=0.8)
-    assert loose["group"].nunique() < default["group"].nunique()  # looser: more images joined into groups
-    assert dedup.groups_file(groups_csv, max_hamming=24, min_similarity=0.8) != groups_csv  # own cache
+    strict = dedup.audit_duplicates(index, groups_csv, progress=False, max_hamming=4, min_similarity=0.99)
+    assert strict["group"].nunique() > default["group"].nunique()  # stricter: fewer images joined into groups
+    assert dedup.groups_file(groups_csv, max_hamming=4, min_similarity=0.99).exists()  # its own cache file
+    assert dedup.audit_duplicates(index, groups_csv, progress=False).equals(default)  # the run's groups unchanged
 
 
 def test_02_the_focal_loss_trains_another_unet(quick_paths):
