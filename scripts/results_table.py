@@ -6,15 +6,18 @@ Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`
 stage-1 benchmark table (``benchmarks/segmentation.csv``) between ``<!-- seg-benchmark:start -->``
 and ``<!-- seg-benchmark:end -->``, the stage-2 recipes (``benchmarks/classifier.csv``, block
 ``cls-benchmark``) and the method's seed spread (``benchmarks/seed_spread.csv``, block
-``seed-spread``). A run on synthetic data is refused: its numbers are software
-tests, not results.
+``seed-spread``), and copies the run's metric plots (notebook 05 writes them to the run folder's
+``figures/``) into the repository's ``figures/``, which the README shows. A run on synthetic data or
+in the quick profile is refused, figures included: its numbers are software tests, not results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import sys
 from datetime import date
 from pathlib import Path
@@ -212,11 +215,24 @@ def table(m: dict, when: str, machine: str) -> str:
     return "\n".join(lines)
 
 
+def publish_figures(run_figures: Path, dest: Path) -> list[str]:
+    """Copy every PNG of a run's ``figures/`` into ``dest`` (each through a temporary file and a
+    rename, so a README figure is never half-written); returns the names copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for png in sorted(Path(run_figures).glob("*.png")):
+        tmp = dest / f".{png.name}.tmp"
+        shutil.copyfile(png, tmp)
+        os.replace(tmp, dest / png.name)
+        names.append(png.name)
+    return names
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("metrics", type=Path)
     ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parent.parent / "README.md")
-    ap.add_argument("--machine", default=f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, no GPU")
+    ap.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU")
     args = ap.parse_args()
     if not args.metrics.exists():
         print(f"{args.metrics}: not found (run the course first)", file=sys.stderr)
@@ -251,6 +267,8 @@ def main() -> int:
         new = replace_block(new, "seed-spread", seed_spread_table(spread))
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
+    copied = publish_figures(args.metrics.parent / "figures", args.readme.parent / "figures")
+    print(f"figures/: {len(copied)} plots copied from {args.metrics.parent / 'figures'}")
     return 0
 
 

@@ -13,7 +13,7 @@ before they are written, so a reader finds the whole contract here::
                  image-only (04), the ground-truth-mask ceiling's fold 0 (05); classifier_summary.json (04)
       preds/     <view>_fold<k>_{oof,test}.csv: each member's out-of-fold and test probabilities (04, 05)
       exports/   unet.onnx, <view>.onnx, ood.npz, recipe.json                        (04)
-      figures/   plots of notebook 05 (the cpu profile writes the README's to figures/)
+      figures/   plots of notebook 05 (scripts/results_table.py copies a real cpu run's to the README's figures/)
       preds/     random_split.json: 05's leaky-split experiment, kept for a re-run   (05)
       metrics.json (05; 07 adds its "external" block), timing.json (the runner)
       notebooks/ the executed notebooks (papermill)
