@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -51,13 +52,24 @@ def products_fingerprint(paths: RunPaths) -> dict[str, str]:
     return out
 
 
-def record_time(timing: dict, stem: str, seconds: float, computed: bool) -> dict:
-    """Keep ``seconds`` as the notebook's time when it computed something (or has no time yet);
-    otherwise log it as a resume."""
-    if computed or stem not in timing["notebooks"]:
+def changed_products(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The products (see :func:`products_fingerprint`) a notebook created, changed or removed."""
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def record_time(timing: dict, stem: str, seconds: float, changed: Sequence[str]) -> dict:
+    """Keep ``seconds`` as the notebook's time only when it computed in full: it has no time yet,
+    or it rewrote every product it wrote when its time was taken (``timing["products"]``). A run
+    that recomputed nothing, or only part (say a cache that had been cleared, beside models it
+    loaded), is logged under ``resumed``, with what it recomputed, and the full time stays."""
+    wrote = timing.setdefault("products", {}).get(stem)
+    full = stem not in timing["notebooks"] or bool(changed) and (wrote is None or set(wrote) <= set(changed))
+    if full:
         timing["notebooks"][stem] = round(seconds, 1)
+        timing["products"][stem] = list(changed)
     else:
-        timing["resumed"].append({"notebook": stem, "seconds": round(seconds, 1), "at": datetime.now().isoformat()})
+        entry = {"notebook": stem, "seconds": round(seconds, 1), "at": datetime.now().isoformat()}
+        timing["resumed"].append({**entry, "recomputed": list(changed)} if changed else entry)
     return timing
 
 
@@ -106,9 +118,14 @@ def run_course(
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         seconds = time.perf_counter() - start
-        resumed = products_fingerprint(paths) == before and nb.stem in timing["notebooks"]
-        record_time(timing, nb.stem, seconds, computed=not resumed)
-        print(f"  done in {seconds:.0f} s" + (" (resumed: nothing recomputed)" if resumed else ""), flush=True)
+        changed = changed_products(before, products_fingerprint(paths))
+        resumes = len(timing["resumed"])
+        record_time(timing, nb.stem, seconds, changed)
+        if len(timing["resumed"]) > resumes:
+            what = f"recomputed {len(changed)} of its products" if changed else "nothing recomputed"
+            print(f"  done in {seconds:.0f} s (resumed: {what}; the course keeps its full time)", flush=True)
+        else:
+            print(f"  done in {seconds:.0f} s", flush=True)
         atomic_write_json(paths.timing_json, timing)
     metrics = read_json(paths.metrics_json)
     if metrics is not None:  # the results file carries the time of the whole course

@@ -12,12 +12,30 @@ from busi_utils.evaluation import report
 
 def test_a_resume_is_logged_and_a_computing_run_replaces_the_time():
     timing = {"notebooks": {"04_x": 100.0}, "resumed": []}
-    course.record_time(timing, "04_x", 12.0, computed=False)
+    course.record_time(timing, "04_x", 12.0, [])
     assert timing["notebooks"]["04_x"] == 100.0 and timing["resumed"][0]["seconds"] == 12.0
-    course.record_time(timing, "04_x", 90.0, computed=True)
-    assert timing["notebooks"]["04_x"] == 90.0
-    course.record_time(timing, "05_y", 7.0, computed=False)  # no earlier time: this run is its time
+    course.record_time(timing, "04_x", 90.0, ["models/a.pt", "preds/a.csv"])
+    assert timing["notebooks"]["04_x"] == 90.0 and timing["products"]["04_x"] == ["models/a.pt", "preds/a.csv"]
+    course.record_time(timing, "05_y", 7.0, [])  # no earlier time: this run is its time
     assert timing["notebooks"]["05_y"] == 7.0
+
+
+def test_a_partly_resumed_notebook_keeps_the_full_time():
+    """A notebook that recomputes only part of what it wrote (a cleared cache, beside models it
+    loads) took less than the course costs: its time stays, the partial run is logged."""
+    timing = {"notebooks": {}, "resumed": []}
+    course.record_time(timing, "05_y", 389.0, ["metrics.json", "models/gt.pt", "preds/random_split.json"])
+    course.record_time(timing, "05_y", 229.0, ["metrics.json", "preds/random_split.json"])
+    assert timing["notebooks"]["05_y"] == 389.0
+    assert timing["resumed"][-1]["recomputed"] == ["metrics.json", "preds/random_split.json"]
+    course.record_time(timing, "05_y", 400.0, ["metrics.json", "models/gt.pt", "preds/random_split.json", "x"])
+    assert timing["notebooks"]["05_y"] == 400.0  # everything again (and more): a full run, its time
+
+
+def test_changed_products_names_created_changed_and_removed_files():
+    before = {"a": "1", "b": "2", "c": "3"}
+    assert course.changed_products(before, {"a": "1", "b": "9", "d": "4"}) == ["b", "c", "d"]
+    assert course.changed_products(before, dict(before)) == []
 
 
 def test_resuming_a_finished_quick_run_keeps_the_course_seconds(quick_paths, tmp_path):
