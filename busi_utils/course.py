@@ -57,11 +57,12 @@ def changed_products(before: dict[str, str], after: dict[str, str]) -> list[str]
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 
-def record_time(timing: dict, stem: str, seconds: float, changed: Sequence[str]) -> dict:
+def record_time(timing: dict, stem: str, seconds: float, changed: Sequence[str]) -> bool:
     """Keep ``seconds`` as the notebook's time only when it computed in full: it has no time yet,
     or it rewrote every product it wrote when its time was taken (``timing["products"]``). A run
     that recomputed nothing, or only part (say a cache that had been cleared, beside models it
-    loaded), is logged under ``resumed``, with what it recomputed, and the full time stays."""
+    loaded), is logged under ``resumed``, with what it recomputed, and the full time stays.
+    Returns whether ``seconds`` became the notebook's time."""
     wrote = timing.setdefault("products", {}).get(stem)
     full = stem not in timing["notebooks"] or bool(changed) and (wrote is None or set(wrote) <= set(changed))
     if full:
@@ -70,7 +71,7 @@ def record_time(timing: dict, stem: str, seconds: float, changed: Sequence[str])
     else:
         entry = {"notebook": stem, "seconds": round(seconds, 1), "at": datetime.now().isoformat()}
         timing["resumed"].append({**entry, "recomputed": list(changed)} if changed else entry)
-    return timing
+    return full
 
 
 def run_course(
@@ -119,9 +120,7 @@ def run_course(
         )
         seconds = time.perf_counter() - start
         changed = changed_products(before, products_fingerprint(paths))
-        resumes = len(timing["resumed"])
-        record_time(timing, nb.stem, seconds, changed)
-        if len(timing["resumed"]) > resumes:
+        if not record_time(timing, nb.stem, seconds, changed):
             what = f"recomputed {len(changed)} of its products" if changed else "nothing recomputed"
             print(f"  done in {seconds:.0f} s (resumed: {what}; the course keeps its full time)", flush=True)
         else:

@@ -216,14 +216,15 @@ def table(m: dict, when: str, machine: str) -> str:
 
 
 def publish_figures(run_figures: Path, dest: Path) -> list[str]:
-    """Copy every PNG of a run's ``figures/`` into ``dest`` (each through a temporary file and a
-    rename, so a README figure is never half-written); returns the names copied."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Copy every PNG of a run's ``figures/`` into ``dest`` (each through
+    :func:`busi_utils.core.files.atomic_path`, so a README figure is never half-written); returns
+    the names copied."""
+    from busi_utils.core.files import atomic_path  # the project's one temp-file + rename helper
+
     names = []
     for png in sorted(Path(run_figures).glob("*.png")):
-        tmp = dest / f".{png.name}.tmp"
-        shutil.copyfile(png, tmp)
-        os.replace(tmp, dest / png.name)
+        with atomic_path(dest / png.name) as tmp:
+            shutil.copyfile(png, tmp)
         names.append(png.name)
     return names
 

@@ -3,6 +3,8 @@ very weights ``Learner.fine_tune`` gives, and on a one-cycle recipe with those o
 
 from __future__ import annotations
 
+import copy
+
 import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle and fine_tune into Learner)
 import torch
 import torch.nn as nn
@@ -58,3 +60,20 @@ def test_fit_without_a_frozen_phase_is_one_cycle_with_the_recipes_rates():
     torch.manual_seed(1)
     theirs.fit_one_cycle(2, slice(1e-3, 1e-2), pct_start=0.25)
     assert same(weights(ours), weights(theirs))
+
+
+def test_one_fastai_sgd_step_is_the_four_lines_chapter_2_writes_out():
+    def hand_step(model, xb, yb, lr):
+        loss = nn.MSELoss()(model(xb), yb)
+        loss.backward()
+        torch.optim.SGD(model.parameters(), lr=lr).step()
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    xb, yb = torch.randn(16, 4), torch.randn(16, 1)
+    ours, theirs, other = (copy.deepcopy(base) for _ in range(3))
+    hand_step(ours, xb, yb, 0.05)
+    training.fastai_sgd_step(theirs, xb, yb, nn.MSELoss(), 0.05)
+    training.fastai_sgd_step(other, xb, yb, nn.MSELoss(), 0.01)
+    assert same(list(ours.parameters()), list(theirs.parameters()))
+    assert not same(list(ours.parameters()), list(other.parameters()))  # another rate, other weights

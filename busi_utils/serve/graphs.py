@@ -16,11 +16,6 @@ from busi_utils.stage1 import segmentation as seg
 from busi_utils.stage2 import crossfit
 
 
-def _sigmoid_of(unet: nn.Module):
-    """The lesion probability map of one U-Net (its logits through a sigmoid)."""
-    return lambda z: torch.sigmoid(unet(z))
-
-
 class SegmenterGraph(nn.Module):
     """Stage 1's prediction as :func:`busi_utils.stage1.segmentation.predict_ensemble` makes it: every
     member U-Net on its own normalisation (and its mirror view when ``flip``), then the mean."""
@@ -34,7 +29,8 @@ class SegmenterGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(x)
         for unet, (mean, std) in zip(self.unets, self.stats):
-            total = total + averaged(_sigmoid_of(unet), (x - mean) / std, 2 if self.flip else 1, spatial=True)
+            lesion_map = lambda z, u=unet: torch.sigmoid(u(z))  # noqa: E731
+            total = total + averaged(lesion_map, (x - mean) / std, 2 if self.flip else 1, spatial=True)
         return total / len(self.unets)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Trained", "uses_fine_tune", "phases", "fit", "total_epochs", "temporary_folder", "quiet"]
+__all__ = ["Trained", "uses_fine_tune", "phases", "fit", "fastai_sgd_step", "total_epochs", "temporary_folder", "quiet"]
 
 
 @dataclass
@@ -90,6 +90,21 @@ def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.Dat
     history.insert(0, "epoch", range(len(history)))
     history.insert(1, "phase", [p for p, _ in rows])
     return history, seconds
+
+
+def fastai_sgd_step(model, xb, yb, loss_func, lr: float) -> None:
+    """One batch of fastai's ``Learner.fit`` on ``model`` (in place): the batch ``(xb, yb)`` as the
+    whole training set, plain SGD at ``lr``, no weight decay. Chapter 2 checks its hand-written
+    training step against this, so what a step *is* in fastai is tested, not assumed."""
+    from fastai.data.core import DataLoaders  # fastai: loaded where used (slow import)
+    from fastai.data.load import DataLoader  # fastai: loaded where used (slow import)
+    from fastai.learner import Learner  # fastai: loaded where used (slow import)
+    from fastai.optimizer import SGD  # fastai: loaded where used (slow import)
+
+    one_batch = DataLoaders(DataLoader([(xb, yb)], bs=None), DataLoader([(xb, yb)], bs=None), device="cpu")
+    learn = Learner(one_batch, model, loss_func=loss_func, opt_func=SGD)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, lr, wd=0)
 
 
 @contextmanager
