@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import read_json
+from busi_utils.core.layout import channels_last
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.core.tta import averaged, view_grids
 from busi_utils.stage1 import segmentation as seg
@@ -22,7 +23,7 @@ class SegmenterGraph(nn.Module):
 
     def __init__(self, unets: list[nn.Module], stats: list, flip: bool, size: int):
         super().__init__()
-        self.unets = nn.ModuleList([u.eval() for u in unets])
+        self.unets = nn.ModuleList([channels_last(u.eval()) for u in unets])
         self.stats = [(float(m), float(s)) for m, s in stats]
         self.flip, self.size = bool(flip), int(size)
 
@@ -44,7 +45,7 @@ class ClassifierGraph(nn.Module):
     def __init__(self, classifiers, stats, n_views: int, size: int, seed: int = 0):
         super().__init__()
         members = list(classifiers) if isinstance(classifiers, (list, tuple)) else [classifiers]
-        self.bodies = nn.ModuleList([m[0].eval() for m in members])
+        self.bodies = nn.ModuleList([channels_last(m[0].eval()) for m in members])
         self.heads = nn.ModuleList([m[1].eval() for m in members])
         self.register_buffer("mean", torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1))

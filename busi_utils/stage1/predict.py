@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from busi_utils.core import tta
 from busi_utils.core.files import load_checkpoint, save_checkpoint
+from busi_utils.core.layout import channels_last
 from busi_utils.evaluation.metrics import dice_iou
 from busi_utils.stage1.unet import segmenter_from_recipe
 
@@ -40,7 +41,7 @@ def predict_probs(
     ``flip``: average with the prediction on the left-right mirrored image (test-time
     augmentation; mirroring is one of the training augmentations, so both views are familiar).
     """
-    model.eval()
+    model = channels_last(model.eval())
     out = []
     for k in range(0, len(images), bs):
         x = torch.from_numpy(np.array(images[k : k + bs])).float().div(255.0).unsqueeze(1)

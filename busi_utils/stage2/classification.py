@@ -19,6 +19,7 @@ import torch.nn as nn
 from busi_utils.core import tta
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import load_checkpoint, save_checkpoint
+from busi_utils.core.layout import channels_last
 from busi_utils.stage1 import training
 from busi_utils.stage1.augment import mirror_and_gamma, ultrasound_multichannel
 from busi_utils.stage2.inputs import (
@@ -155,6 +156,7 @@ def train_classifier(
     rates: ``head`` / ``dropout`` (:func:`build_classifier`), ``label_smoothing``, ``aug``
     (:func:`cls_dataloaders`), ``norm`` (:func:`input_stats`). ``kinds`` names the input channels
     (see :data:`CHANNELS`). Returns ``(model, history, info)``."""
+    import fastai.callback.channelslast  # noqa: F401  (adds Learner.to_channelslast)
     from fastai.callback.tracker import SaveModelCallback  # fastai: loaded where used (slow import)
     from fastai.torch_core import set_seed  # fastai: loaded where used (slow import)
 
@@ -185,6 +187,7 @@ def train_classifier(
     keep_best = recipe.get("keep", "best") == "best"
     with training.temporary_folder("busi-cls-") as tmp:
         learn = recipe_learner(dls, model, recipe, y_train, balance, tmp)
+        learn.to_channelslast(use_amp=False)  # 1.6x faster on the CPU (busi_utils.core.layout)
         if not show_progress:
             training.quiet(learn)
         history, seconds = training.fit(
@@ -260,7 +263,7 @@ def predict_tta(model: nn.Module, x: np.ndarray, stats) -> np.ndarray:
 def predict_proba(model: nn.Module, x: np.ndarray, stats, bs: int = 64, n_views: int = 1) -> np.ndarray:
     """Class probabilities (N, 3) in CLASSES order, averaged over ``n_views`` TTA views
     (:func:`busi_utils.core.tta.averaged`: 1 is the scan alone, 2 adds its mirror image)."""
-    model.eval()
+    model = channels_last(model.eval())
     mean = torch.tensor(stats[0]).view(1, -1, 1, 1)
     std = torch.tensor(stats[1]).view(1, -1, 1, 1)
     out = []
