@@ -209,7 +209,8 @@ def table(m: dict, when: str, machine: str) -> str:
         ]
     lines += [
         "",
-        "Figures (written by notebook 05): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
+        "Figures (drawn by notebook 05 into the run folder, copied here by `scripts/results_table.py`, which "
+        "`make course` calls, from a real-data run of the cpu or gpu profile only): `figures/confusion_matrices.png`, `figures/roc_curves.png`, `figures/reliability.png`, "
         "`figures/segmentation_dice.png`, `figures/referral.png`, `figures/mask_worth.png`.",
     ]
     return "\n".join(lines)
