@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from busi_utils.core.layout import channels_last
@@ -46,28 +47,46 @@ def test_every_inference_path_runs_channels_last_with_the_default_layouts_answer
     assert _is_channels_last(classifier)
     with torch.no_grad():
         xb = (torch.from_numpy(x) - 0.5) / 0.5
-        expected = (torch.softmax(reference(xb), 1) + torch.softmax(reference(xb.flip(-1)), 1)) / 2
-    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+        expected_probs = ((torch.softmax(reference(xb), 1) + torch.softmax(reference(xb.flip(-1)), 1)) / 2).numpy()
+    np.testing.assert_allclose(probs, expected_probs, atol=1e-5)
 
     unet = LightUNet(base=4).eval()
     unet_reference = copy.deepcopy(unet)
     images = rng.integers(0, 256, (2, 32, 32), dtype=np.uint8)
-    masks = seg_predict.predict_probs(unet, images, (0.5, 0.25))
-    assert _is_channels_last(unet)
+    masks = seg_predict.predict_probs(unet, images, (0.5, 0.25), flip=True)
+    assert _is_channels_last(unet) and not _is_channels_last(unet_reference)
     with torch.no_grad():
         z = (torch.from_numpy(images).float().div(255).unsqueeze(1) - 0.5) / 0.25
-        np.testing.assert_allclose(masks, torch.sigmoid(unet_reference(z)).squeeze(1).numpy(), atol=1e-5)
+        expected = (torch.sigmoid(unet_reference(z)) + torch.sigmoid(unet_reference(z.flip(-1))).flip(-1)) / 2
+    np.testing.assert_allclose(masks, expected.squeeze(1).numpy(), atol=1e-5)
 
-    seg_graph = SegmenterGraph([LightUNet(base=4)], [(0.5, 0.25)], flip=True, size=32)
-    view_graph = ClassifierGraph([build_classifier("lite0", 2, pretrained=False, head="linear")], stats, 2, 64)
+    seg_graph = SegmenterGraph([copy.deepcopy(unet_reference)], [(0.5, 0.25)], flip=True, size=32)
+    view_graph = ClassifierGraph([copy.deepcopy(reference)], stats, 2, 64)
     assert all(_is_channels_last(m) for m in [*seg_graph.unets, *view_graph.bodies])
+    with torch.no_grad():
+        np.testing.assert_allclose(seg_graph(z * 0.25 + 0.5).squeeze(1).numpy(), masks, atol=1e-5)
+        np.testing.assert_allclose(view_graph(torch.from_numpy(x))[0].numpy(), expected_probs, atol=1e-5)
 
 
-def test_stage_two_trains_in_channels_last():
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_stage_two_trains_in_channels_last(monkeypatch, keep):
+    """fastai's ChannelsLast callback runs before training (not a conversion afterwards), and
+    the model stays channels-last when fastai reloads the best epoch's weights."""
+    from fastai.callback.channelslast import ChannelsLast
+
+    layouts = []
+    original = ChannelsLast.before_fit
+
+    def spy(self):
+        original(self)
+        layouts.append(_is_channels_last(self.learn.model))
+
+    monkeypatch.setattr(ChannelsLast, "before_fit", spy)
     rng = np.random.default_rng(0)
     x = rng.random((24, 2, 32, 32), dtype=np.float32)
     y = np.array(["normal", "benign", "malignant"] * 8)
-    recipe = {"arch": "lite0", "pretrained": False, "size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3}
-    recipe.update(head="linear", label_smoothing=0.1, aug="scan", norm="half", keep="last")
+    recipe = {"arch": "lite0", "pretrained": False, "size": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3}
+    recipe.update(head="linear", label_smoothing=0.1, aug="scan", norm="half", keep=keep)
     model, _, _ = cls.train_classifier(x[:16], y[:16], x[16:], y[16:], recipe, 0, show_progress=False)
+    assert layouts == [True]  # one fit_one_cycle, the model channels-last before its first batch
     assert _is_channels_last(model)

@@ -19,7 +19,8 @@ from busi_utils.stage2 import crossfit
 
 class SegmenterGraph(nn.Module):
     """Stage 1's prediction as :func:`busi_utils.stage1.segmentation.predict_ensemble` makes it: every
-    member U-Net on its own normalisation (and its mirror view when ``flip``), then the mean."""
+    member U-Net on its own normalisation (and its mirror view when ``flip``), then the mean. The
+    members are put in eval mode and channels-last layout, in place (:mod:`busi_utils.core.layout`)."""
 
     def __init__(self, unets: list[nn.Module], stats: list, flip: bool, size: int):
         super().__init__()
@@ -40,7 +41,8 @@ class ClassifierGraph(nn.Module):
     ``n_views`` views (identity, mirror, then seeded zoom-and-shift crops, all channels alike);
     then the mean over members; plus the pooled features of the first member's identity view
     (for the out-of-distribution distance). The Predictor, notebook 05, the external evaluation
-    and the ONNX export all run this one module. The members share one normalisation."""
+    and the ONNX export all run this one module. The members share one normalisation; their bodies
+    are put in eval mode and channels-last layout, in place (:mod:`busi_utils.core.layout`)."""
 
     def __init__(self, classifiers, stats, n_views: int, size: int, seed: int = 0):
         super().__init__()

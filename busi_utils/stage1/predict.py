@@ -40,6 +40,7 @@ def predict_probs(
 
     ``flip``: average with the prediction on the left-right mirrored image (test-time
     augmentation; mirroring is one of the training augmentations, so both views are familiar).
+    Puts ``model`` in eval mode and channels-last layout, in place (:mod:`busi_utils.core.layout`).
     """
     model = channels_last(model.eval())
     out = []
