@@ -14,3 +14,11 @@ def png_header_only(path, width: int, height: int) -> None:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1024)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def tiny_course_classifier_recipe(**overrides) -> dict:
+    """The course's stage-2 recipe (plain head, label smoothing, scan augmentation, (x - 0.5) / 0.5)
+    on a tiny, untrained Lite0 at 32 px: what the tests train when they need a real classifier."""
+    recipe = {"arch": "lite0", "pretrained": False, "size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3}
+    recipe.update(head="linear", label_smoothing=0.1, aug="scan", norm="half", keep="last")
+    return {**recipe, **overrides}

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_course_classifier_recipe
 
 from busi_utils.core.layout import channels_last
 from busi_utils.serve.graphs import ClassifierGraph, SegmenterGraph
@@ -85,8 +86,7 @@ def test_stage_two_trains_in_channels_last(monkeypatch, keep):
     rng = np.random.default_rng(0)
     x = rng.random((24, 2, 32, 32), dtype=np.float32)
     y = np.array(["normal", "benign", "malignant"] * 8)
-    recipe = {"arch": "lite0", "pretrained": False, "size": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3}
-    recipe.update(head="linear", label_smoothing=0.1, aug="scan", norm="half", keep=keep)
+    recipe = tiny_course_classifier_recipe(epochs=2, keep=keep)
     model, _, _ = cls.train_classifier(x[:16], y[:16], x[16:], y[16:], recipe, 0, show_progress=False)
     assert layouts == [True]  # one fit_one_cycle, the model channels-last before its first batch
     assert _is_channels_last(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_course_classifier_recipe
 
 from busi_utils.data import dedup, preprocess, splits
 from busi_utils.stage1 import segmentation as seg
@@ -39,8 +40,7 @@ def test_a_classifier_trained_twice_with_one_seed_gives_the_same_probabilities()
     rng = np.random.default_rng(0)
     x = rng.random((48, 2, 32, 32), dtype=np.float32)
     y = np.array(["normal", "benign", "malignant"] * 16)
-    recipe = {"arch": "lite0", "pretrained": False, "size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3}
-    recipe.update(head="linear", label_smoothing=0.1, aug="scan", norm="half", keep="last")  # the course's recipe
+    recipe = tiny_course_classifier_recipe()
     runs = [cls.train_classifier(x[:36], y[:36], x[36:], y[36:], recipe, s, show_progress=False) for s in (0, 0, 1)]
     probs = [cls.predict_proba(model, x[36:], info["stats"]) for model, _, info in runs]
     assert _same_weights(runs[0][0], runs[1][0]) and np.array_equal(probs[0], probs[1])
