@@ -9,8 +9,15 @@ the temperature, then the test answers as the Predictor computes them (:func:`bu
 The split and the stage-1 masks stay those of the run, so the spread is that of stage 2's
 training alone: what a second run on the same machine would move.
 
-Rows (seed x variant, test metrics) go to ``benchmarks/seed_spread.csv``; finished seeds are
-resumed from their saved members. Needs a run folder with notebooks 01-04 done.
+Each seed's members are also run on the external set when the real one is found
+(``$BUS_UCLM_ROOT`` or ``data/``; never the synthetic stand-in) exactly as notebook 07 runs the
+run's own (:meth:`busi_utils.evaluation.pipeline.RunModels.with_members`): one run's external
+score moves with the training seed too, so it is reported with its spread. Reported, never
+used to choose.
+
+Rows (seed x variant, test metrics, ``ext_*`` external metrics) go to
+``benchmarks/seed_spread.csv``; finished seeds are resumed from their saved members. Needs a run
+folder with notebooks 01-04 done (01-05 for the external set: its ceiling is trained in 05).
 
     python scripts/seed_spread.py --run-dir runs/cpu            # the run's seed, then 1 and 2
 """
@@ -25,15 +32,31 @@ import numpy as np
 from busi_utils import data
 from busi_utils.core import benchmark, config, runfolder
 from busi_utils.core.files import read_json
-from busi_utils.evaluation import metrics, uncertainty
+from busi_utils.data import external
+from busi_utils.evaluation import metrics, pipeline, uncertainty
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion
 
 KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
+EXTERNAL_KEYS = ("macro_f1", "benign_malignant_auc", "malignant_recall", "lesions_called_normal")
 
 
-def seed_rows(vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_seed: int) -> list[dict]:
-    """Test metrics of the method and its parts for the members of one training seed."""
+def external_scores(models: pipeline.RunModels, index) -> dict[str, dict]:
+    """Per variant (the method, each view, image-only): the external set's metrics, as notebook 07
+    computes them (point estimates; the chapter adds the patient-bootstrap intervals)."""
+    table, _ = pipeline.predict_external(models, index, progress=False)
+    out = {}
+    for variant in [pipeline.METHOD, *models.graphs]:
+        rows, p = pipeline.variant_probs(table, variant)
+        out[variant] = metrics.classification_metrics(rows["label"], p)
+    return out
+
+
+def seed_rows(
+    vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_seed: int, ext: tuple | None = None
+) -> list[dict]:
+    """Test metrics of the method and its parts for the members of one training seed, and with
+    ``ext = (RunModels, external index)`` their external metrics (columns ``ext_*``)."""
     tag = None if seed == run_seed else seed
     views = [*ensemble["views"], "image_only"]
     for view in views:
@@ -44,6 +67,7 @@ def seed_rows(vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_
     test = crossfit.test_table(vd, views, ensemble["members"], tag)
     probs = {v: crossfit.view_matrix(test, v) for v in views}
     probs = {"method": fusion.decide(params, probs, test["conf"].to_numpy(), temperature), **probs}
+    ext_scores = external_scores(ext[0].with_members(tag, params, temperature), ext[1]) if ext else {}
     rows = []
     for variant, p in probs.items():
         m = metrics.classification_metrics(test["label"], p)
@@ -57,6 +81,9 @@ def seed_rows(vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_
                 "oof_macro_f1": round(float(comparison.loc[chosen, "macro_f1"]), 4),
                 "members": len(ensemble["members"]),
                 "n_test": len(test),
+                **{
+                    f"ext_{k}": round(float(v), 4) for k, v in ext_scores.get(variant, {}).items() if k in EXTERNAL_KEYS
+                },
             }
         )
     return rows
@@ -69,6 +96,18 @@ def run_seed_of(paths: runfolder.RunPaths) -> int:
     if m is None or "seed" not in m:
         raise SystemExit(f"{paths.metrics_json}: missing (run notebooks 01-05 first): the run's seed is read from it")
     return int(m["seed"])
+
+
+def external_set(root: str | None, skip: bool, seed: int, max_images) -> tuple | None:
+    """``(name, index)`` of the real external set, or ``None`` (asked to skip, or only the
+    synthetic stand-in found: its numbers test software, not models)."""
+    if skip:
+        return None
+    path, kind = external.find_external(root)
+    if kind == "synthetic":
+        print("no external set (set BUS_UCLM_ROOT): external columns left empty", flush=True)
+        return None
+    return path.name, external.subset_patients(external.build_external_index(path), max_images, seed)
 
 
 def spread(table):
@@ -85,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the run's own seed, then 1 and 2")
     ap.add_argument("--out", default=str(benchmark.benchmarks_dir() / "seed_spread.csv"))
+    ap.add_argument("--external", default=None, help="external set (folder or zip); default $BUS_UCLM_ROOT, then data/")
+    ap.add_argument("--no-external", action="store_true", help="score the BUSI test split only")
     args = ap.parse_args(argv)
     cfg = config.load_profile(args.profile)
     paths = runfolder.RunPaths(Path(args.run_dir).resolve())
@@ -93,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     run_seed = run_seed_of(paths)
     seeds = args.seeds or [run_seed, *(s for s in (1, 2) if s != run_seed)]
     info = benchmark.machine_info()
+    found = external_set(args.external, args.no_external, run_seed, cfg["external"]["max_images"])
+    ext = (pipeline.RunModels(paths.root), found[1]) if found else None
+    if found:
+        info = dict(info, external_set=found[0])
     for seed in seeds:
-        rows = [dict(r, **info) for r in seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed)]
+        rows = [dict(r, **info) for r in seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext)]
         table = benchmark.append_rows(Path(args.out), rows, ["seed", "variant"])
         print(f"seed {seed}:", {r["variant"]: (r["accuracy"], r["macro_f1"]) for r in rows}, flush=True)
     table = table[table["seed"].isin(seeds) & (table["members"] == len(cfg["ensemble"]["members"]))]

@@ -49,3 +49,32 @@ def test_publish_figures_copies_every_plot_whole(tmp_path):
     assert publish_figures(run / "figures", dest) == ["roc_curves.png"]
     assert (dest / "roc_curves.png").read_bytes() == b"\x89PNG fake"
     assert not list(dest.glob(".*.tmp"))
+
+
+def test_the_seed_spread_table_shows_the_external_columns_only_when_every_seed_has_them(tmp_path):
+    import pandas as pd
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from results_table import seed_spread_table
+
+    rows = []
+    for seed, f1, ext in ((1, 0.78, 0.55), (2, 0.80, 0.59), (42, 0.82, 0.51)):
+        for variant, shift in (("method", 0.0), ("image_only", -0.05)):
+            rows.append(
+                dict(
+                    seed=seed, variant=variant, accuracy=f1, macro_f1=f1 + shift, malignant_recall=0.9, auc_ovr=0.93,
+                    fusion="mean", members=2, calib_ms=30.0, external_set="BUS-UCLM", ext_macro_f1=ext + shift,
+                    ext_benign_malignant_auc=0.75, ext_lesions_called_normal=0.25,
+                )
+            )  # fmt: skip
+    csv = tmp_path / "seed_spread.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    text = seed_spread_table(csv)
+    assert "in 2 of 3 seeds" not in text and "in 3 of 3 seeds" in text and "on BUS-UCLM" in text
+    method = next(line for line in text.splitlines() if line.startswith("| `method`"))
+    assert "0.550 ± 0.040 (0.510–0.590)" in method  # the external macro-F1 over the three seeds
+    table = pd.DataFrame(rows)
+    table.loc[table["seed"] == 42, "ext_macro_f1"] = None  # one seed not scored outside: no external column
+    table.to_csv(csv, index=False)
+    text = seed_spread_table(csv)
+    assert "external macro-F1" not in text and "external benign-vs-malignant AUC" in text

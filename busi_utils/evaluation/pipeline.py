@@ -5,6 +5,7 @@ are :mod:`busi_utils.evaluation.evaluate`."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,26 @@ class RunModels:
         self.metrics = read_json(self.paths.metrics_json) or {}
         self.seg_size = self.seg_graph.size
         self.cls_size = self.graphs["image+pred_mask"].size
+
+    def with_members(self, tag: int | None, fusion_params: dict, temperature: float) -> RunModels:
+        """A copy that answers with another training seed's classifiers: every view's and
+        image-only's members saved under ``tag`` by a seed study (``None``: the run's own),
+        fused by that seed's rule and calibrated by its temperature. The segmenter and the shape
+        model stay the run's (a seed study retrains stage 2 only); the ground-truth ceiling,
+        trained for the run's seed alone, is left out."""
+        from busi_utils.serve.export import view_graph  # torch, after the CLI's checks
+        from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
+
+        other = copy.copy(self)
+        members = self.summary["members"]
+        other.graphs = {
+            view: view_graph(crossfit.load_members(self.paths, view, members, tag), graph.n_views)
+            for view, graph in self.graphs.items()
+        }
+        other.summary = dict(self.summary, fusion=fusion_params)
+        other.finalised = dict(self.finalised, temperature=float(temperature))
+        other.gt_model = None
+        return other
 
     @property
     def variants(self) -> list[str]:

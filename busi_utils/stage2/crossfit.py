@@ -137,9 +137,10 @@ def member_test_probs(
     }
 
 
-def load_members(paths: RunPaths, view: str, folds: Sequence[int]) -> list[tuple]:
-    """``[(model, info), ...]`` of one view's members, refusing a set trained by different recipes."""
-    members = [cls.load_classifier(member_path(paths, view, k)) for k in folds]
+def load_members(paths: RunPaths, view: str, folds: Sequence[int], tag: int | None = None) -> list[tuple]:
+    """``[(model, info), ...]`` of one view's members, refusing a set trained by different recipes
+    (``tag``: a seed study's repeats, saved beside the run's own members)."""
+    members = [cls.load_classifier(member_path(paths, view, k, tag)) for k in folds]
     recipes = {repr(sorted(info["recipe"].items())) for _, info in members}
     if len(recipes) > 1:
         raise ValueError(f"the {view} members were trained with different recipes; retrain them (notebook 04)")
