@@ -22,6 +22,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from busi_utils.evaluation import seeds as seeds_record
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 VARIANTS = [
     "method",
@@ -79,18 +81,16 @@ def cls_benchmark_table(csv: Path) -> str:
     return "\n".join(lines)
 
 
-def seed_spread_table(csv: Path) -> str:
+def seed_spread_table(csv: Path, profile: str = "cpu") -> str:
     """The shipped method and its parts over training seeds (``scripts/seed_spread.py``): test
     metrics, mean ± SD and range, and in how many seeds the method beat image-only."""
-    import pandas as pd
 
-    t = pd.read_csv(csv)
-    t = t[t["members"] == t["members"].max()]
+    t, ext_present = seeds_record.read_record(csv, profile)
     seeds = sorted(t["seed"].unique())
     wide = t.pivot(index="seed", columns="variant", values="macro_f1")
     ahead = int((wide["method"] > wide["image_only"]).sum()) if {"method", "image_only"} <= set(wide) else 0
-    ext = [k for k in EXTERNAL_COLUMNS if k in t and t[k].notna().all()]  # every seed scored on the external set
-    where = f" on {t['external_set'].iloc[0]}" if ext and "external_set" in t else ""
+    ext = [k for k in EXTERNAL_COLUMNS if k in ext_present]  # every seed scored on the external set
+    where = f" on {', '.join(t['external_set'].unique())}" if ext and "external_set" in t else ""
     lines = [
         f"Seeds {', '.join(map(str, seeds))} ({t['members'].iloc[0]} members per view, the run's split and masks; "
         f"calib_ms {t['calib_ms'].max():.1f}). The method beat image-only on test macro-F1 in {ahead} of {len(seeds)} seeds."
@@ -117,10 +117,10 @@ def seed_spread_table(csv: Path) -> str:
     return "\n".join(lines)
 
 
-EXTERNAL_COLUMNS = {  # scripts/seed_spread.py's external columns, as the table heads them
-    "ext_macro_f1": "external macro-F1, mean ± SD (range)",
-    "ext_benign_malignant_auc": "external benign-vs-malignant AUC",
-    "ext_lesions_called_normal": "external lesions called normal",
+EXTERNAL_COLUMNS = {  # the seed study's external columns the table shows, as it heads them
+    seeds_record.external_column("macro_f1"): "external macro-F1, mean ± SD (range)",
+    seeds_record.external_column("benign_malignant_auc"): "external benign-vs-malignant AUC, mean ± SD (range)",
+    seeds_record.external_column("lesions_called_normal"): "external lesions called normal, mean ± SD (range)",
 }
 
 
@@ -281,7 +281,7 @@ def main() -> int:
         new = replace_block(new, "cls-benchmark", cls_benchmark_table(cls_bench))
     spread = args.readme.parent / "benchmarks" / "seed_spread.csv"
     if spread.exists() and "<!-- seed-spread:start -->" in new:
-        new = replace_block(new, "seed-spread", seed_spread_table(spread))
+        new = replace_block(new, "seed-spread", seed_spread_table(spread, m["profile"]))
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
     copied = publish_figures(args.metrics.parent / "figures", args.readme.parent / "figures")

@@ -15,9 +15,9 @@ run's own (:meth:`busi_utils.evaluation.pipeline.RunModels.with_members`): one r
 score moves with the training seed too, so it is reported with its spread. Reported, never
 used to choose.
 
-Rows (seed x variant, test metrics, ``ext_*`` external metrics) go to
+Rows (profile x seed x variant, test metrics, ``ext_*`` external metrics) go to
 ``benchmarks/seed_spread.csv``; finished seeds are resumed from their saved members. Needs a run
-folder with notebooks 01-04 done (01-05 for the external set: its ceiling is trained in 05).
+folder with notebooks 01-05 done (the run's seed is read from its ``metrics.json``).
 
     python scripts/seed_spread.py --run-dir runs/cpu            # the run's seed, then 1 and 2
 """
@@ -34,11 +34,11 @@ from busi_utils.core import benchmark, config, runfolder
 from busi_utils.core.files import read_json
 from busi_utils.data import external
 from busi_utils.evaluation import metrics, pipeline, uncertainty
+from busi_utils.evaluation import seeds as seed_record
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion
 
 KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
-EXTERNAL_KEYS = ("macro_f1", "benign_malignant_auc", "malignant_recall", "lesions_called_normal")
 
 
 def external_scores(models: pipeline.RunModels, index) -> dict[str, dict]:
@@ -82,7 +82,9 @@ def seed_rows(
                 "members": len(ensemble["members"]),
                 "n_test": len(test),
                 **{
-                    f"ext_{k}": round(float(v), 4) for k, v in ext_scores.get(variant, {}).items() if k in EXTERNAL_KEYS
+                    seed_record.external_column(k): round(float(v), 4)
+                    for k, v in ext_scores.get(variant, {}).items()
+                    if k in seed_record.EXTERNAL_KEYS
                 },
             }
         )
@@ -120,10 +122,10 @@ def spread(table):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", required=True, help="a run folder with notebooks 01-04 done")
+    ap.add_argument("--run-dir", required=True, help="a run folder with notebooks 01-05 done")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the run's own seed, then 1 and 2")
-    ap.add_argument("--out", default=str(benchmark.benchmarks_dir() / "seed_spread.csv"))
+    ap.add_argument("--out", default=str(seed_record.record_path()))
     ap.add_argument("--external", default=None, help="external set (folder or zip); default $BUS_UCLM_ROOT, then data/")
     ap.add_argument("--no-external", action="store_true", help="score the BUSI test split only")
     args = ap.parse_args(argv)
@@ -139,10 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     if found:
         info = dict(info, external_set=found[0])
     for seed in seeds:
-        rows = [dict(r, **info) for r in seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext)]
-        table = benchmark.append_rows(Path(args.out), rows, ["seed", "variant"])
+        rows = seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext)
+        rows = [dict(r, profile=args.profile, **info) for r in rows]
+        table = benchmark.append_rows(Path(args.out), rows, ["profile", "seed", "variant"])
         print(f"seed {seed}:", {r["variant"]: (r["accuracy"], r["macro_f1"]) for r in rows}, flush=True)
-    table = table[table["seed"].isin(seeds) & (table["members"] == len(cfg["ensemble"]["members"]))]
+    table = table[
+        (table["profile"] == args.profile)
+        & table["seed"].isin(seeds)
+        & (table["members"] == len(cfg["ensemble"]["members"]))
+    ]
     print(spread(table).to_string())
     ahead = table.pivot(index="seed", columns="variant", values="macro_f1")
     print("method ahead of image-only in every seed:", bool(np.all(ahead["method"] > ahead["image_only"])))

@@ -218,13 +218,15 @@ def test_evaluate_cli_refuses_an_unknown_adaptation(tmp_path, ext_root):
     assert r.returncode == 2 and "magic" in r.stderr and "histmatch" in r.stderr
 
 
-def test_a_seed_study_answers_with_the_seed_s_own_members(quick_paths, ext_root, tmp_path):
+def test_a_seed_study_answers_with_the_seed_s_own_members(quick_paths, tmp_path):
     """`RunModels.with_members` (what scripts/seed_spread.py scores on the external set): with the
-    run's own members and rule it gives the run's answers; with a seed tag it answers with the
-    members saved under that tag, and the run's models are left as they were."""
+    run's own members and rule it gives the run's answers, and its temperature is the one passed;
+    with a seed tag it answers with the members saved under that tag; the run's models are left
+    as they were; a tag without members is a named error."""
     import torch
 
     from busi_utils.core.config import CLASSES
+    from busi_utils.core.errors import RunFolderError
     from busi_utils.core.runfolder import RunPaths
     from busi_utils.evaluation import pipeline
     from busi_utils.stage2 import classification as cls
@@ -234,7 +236,9 @@ def test_a_seed_study_answers_with_the_seed_s_own_members(quick_paths, ext_root,
     shutil.copytree(quick_paths.root, run)
     paths = RunPaths(run)
     models = pipeline.RunModels(run)
-    index = external.build_external_index(ext_root, progress=False)
+    index = external.build_external_index(
+        synthetic.make_synthetic_external(tmp_path / "set", layout="bus_uclm"), progress=False
+    )
     fusion, temperature = models.summary["fusion"], models.finalised["temperature"]
     malignant = CLASSES.index("malignant")
     for view in models.graphs:  # seed 7's members: the run's, pushed to answer "malignant"
@@ -244,18 +248,25 @@ def test_a_seed_study_answers_with_the_seed_s_own_members(quick_paths, ext_root,
                 [m for m in model[1].modules() if isinstance(m, torch.nn.Linear)][-1].bias[malignant] += 50.0
             cls.save_classifier(crossfit.member_path(paths, view, k, 7), model, info)
 
-    own, _ = pipeline.predict_external(models.with_members(None, fusion, temperature), index, progress=False)
     run_answer, _ = pipeline.predict_external(models, index, progress=False)
-    cols = [c for c in own if c.startswith(("method:", "image_only:", "lesion_crop:", "image+pred_mask:"))]
+    cols = [c for c in run_answer if c.startswith(("method:", "image_only:", "lesion_crop:", "image+pred_mask:"))]
+    own, _ = pipeline.predict_external(models.with_members(None, fusion, temperature), index, progress=False)
     assert np.allclose(own[cols].to_numpy(), run_answer[cols].to_numpy(), atol=1e-6)
     ceiling = "image+gt_mask:p_normal"  # trained for the run's seed only
     assert ceiling not in own and ceiling in run_answer
+    hotter, _ = pipeline.predict_external(models.with_members(None, fusion, 2 * temperature), index, progress=False)
+    raw = [c for c in cols if c.startswith("method:")]
+    assert not np.allclose(hotter[raw].to_numpy(), run_answer[raw].to_numpy(), atol=1e-3)  # the temperature passed
+    before = [f"method_raw:p_{c}" for c in CLASSES]
+    assert np.allclose(hotter[before].to_numpy(), run_answer[before].to_numpy(), atol=1e-6)  # the same fused answer
 
+    _, p_run = pipeline.variant_probs(run_answer, "method")
+    assert not (p_run.argmax(1) == malignant).all()  # negative control: the run itself does not say malignant to all
     seven, _ = pipeline.predict_external(models.with_members(7, fusion, temperature), index, progress=False)
     for variant in ("method", *models.graphs):
         _, p = pipeline.variant_probs(seven, variant)
         assert (p.argmax(1) == malignant).all(), variant
     again, _ = pipeline.predict_external(models, index, progress=False)
     assert np.allclose(again[cols].to_numpy(), run_answer[cols].to_numpy(), atol=1e-6)  # the run's models untouched
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunFolderError, match="seed tag 8"):
         models.with_members(8, fusion, temperature)  # no members saved under that tag

@@ -51,10 +51,10 @@ def test_publish_figures_copies_every_plot_whole(tmp_path):
     assert not list(dest.glob(".*.tmp"))
 
 
-def test_the_seed_spread_table_shows_the_external_columns_only_when_every_seed_has_them(tmp_path):
+def test_the_seed_spread_table_shows_the_external_columns_only_when_every_seed_has_them(tmp_path, monkeypatch):
     import pandas as pd
 
-    sys.path.insert(0, str(SCRIPT.parent))
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from results_table import seed_spread_table
 
     rows = []
@@ -67,14 +67,21 @@ def test_the_seed_spread_table_shows_the_external_columns_only_when_every_seed_h
                     ext_benign_malignant_auc=0.75, ext_lesions_called_normal=0.25,
                 )
             )  # fmt: skip
+    rows = [dict(r, profile="cpu") for r in rows]
+    quick = dict(rows[0], profile="quick", members=3, macro_f1=0.1)  # a test run's row: another profile, never shown
     csv = tmp_path / "seed_spread.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    text = seed_spread_table(csv)
+    pd.DataFrame([*rows, quick]).to_csv(csv, index=False)
+    text = seed_spread_table(csv, "cpu")
     assert "in 2 of 3 seeds" not in text and "in 3 of 3 seeds" in text and "on BUS-UCLM" in text
     method = next(line for line in text.splitlines() if line.startswith("| `method`"))
     assert "0.550 ± 0.040 (0.510–0.590)" in method  # the external macro-F1 over the three seeds
+    assert "(2 members per view" in text and "0.100" not in text
+    head, rule = text.splitlines()[2:4]
+    assert head.count("|") == rule.count("|") == method.count("|") == 10  # 9 columns, 3 of them external
     table = pd.DataFrame(rows)
     table.loc[table["seed"] == 42, "ext_macro_f1"] = None  # one seed not scored outside: no external column
     table.to_csv(csv, index=False)
-    text = seed_spread_table(csv)
+    text = seed_spread_table(csv, "cpu")
     assert "external macro-F1" not in text and "external benign-vs-malignant AUC" in text
+    head, rule = text.splitlines()[2:4]
+    assert head.count("|") == rule.count("|") == 9

@@ -89,18 +89,29 @@ class RunModels:
     def with_members(self, tag: int | None, fusion_params: dict, temperature: float) -> RunModels:
         """A copy that answers with another training seed's classifiers: every view's and
         image-only's members saved under ``tag`` by a seed study (``None``: the run's own),
-        fused by that seed's rule and calibrated by its temperature. The segmenter and the shape
-        model stay the run's (a seed study retrains stage 2 only); the ground-truth ceiling,
-        trained for the run's seed alone, is left out."""
+        fused by that seed's rule and calibrated by its temperature. Everything else stays the
+        run's: the segmenter and the shape model (a seed study retrains stage 2 only), the
+        referral cutoff and the out-of-distribution thresholds; the ground-truth ceiling, trained
+        for the run's seed alone, is left out. The run's own models are not changed."""
         from busi_utils.serve.export import view_graph  # torch, after the CLI's checks
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
 
-        other = copy.copy(self)
         members = self.summary["members"]
-        other.graphs = {
-            view: view_graph(crossfit.load_members(self.paths, view, members, tag), graph.n_views)
-            for view, graph in self.graphs.items()
-        }
+        missing = [
+            p for v in self.graphs for k in members if not (p := crossfit.member_path(self.paths, v, k, tag)).exists()
+        ]
+        if missing:
+            raise RunFolderError(
+                f"{missing[0]}: missing ({len(missing)} members of seed tag {tag}; run scripts/seed_spread.py)"
+            )
+        other = copy.copy(self)
+        other.graphs = {}
+        for view, graph in self.graphs.items():
+            other.graphs[view] = view_graph(crossfit.load_members(self.paths, view, members, tag), graph.n_views)
+            if other.graphs[view].size != graph.size:
+                raise RunFolderError(
+                    f"{view} members of seed tag {tag} read {other.graphs[view].size} px, the run's {graph.size}"
+                )
         other.summary = dict(self.summary, fusion=fusion_params)
         other.finalised = dict(self.finalised, temperature=float(temperature))
         other.gt_model = None
