@@ -41,10 +41,10 @@ from busi_utils.stage2 import crossfit, fusion
 KEYS = ("accuracy", "macro_f1", "malignant_recall", "auc_ovr", "benign_malignant_auc")
 
 
-def external_scores(models: pipeline.RunModels, index) -> dict[str, dict]:
+def external_scores(models: pipeline.RunModels, index, segmented: pipeline.Segmented) -> dict[str, dict]:
     """Per variant (the method, each view, image-only): the external set's metrics, as notebook 07
     computes them (point estimates; the chapter adds the patient-bootstrap intervals)."""
-    table, _ = pipeline.predict_external(models, index, progress=False)
+    table, _ = pipeline.predict_external(models, index, progress=False, segmented=segmented)
     out = {}
     for variant in [pipeline.METHOD, *models.graphs]:
         rows, p = pipeline.variant_probs(table, variant)
@@ -56,7 +56,7 @@ def seed_rows(
     vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_seed: int, ext: tuple | None = None
 ) -> list[dict]:
     """Test metrics of the method and its parts for the members of one training seed, and with
-    ``ext = (RunModels, external index)`` their external metrics (columns ``ext_*``)."""
+    ``ext = (RunModels, external index, its Segmented)`` their external metrics (columns ``ext_*``)."""
     tag = None if seed == run_seed else seed
     views = [*ensemble["views"], "image_only"]
     for view in views:
@@ -67,7 +67,7 @@ def seed_rows(
     test = crossfit.test_table(vd, views, ensemble["members"], tag)
     probs = {v: crossfit.view_matrix(test, v) for v in views}
     probs = {"method": fusion.decide(params, probs, test["conf"].to_numpy(), temperature), **probs}
-    ext_scores = external_scores(ext[0].with_members(tag, params, temperature), ext[1]) if ext else {}
+    ext_scores = external_scores(ext[0].with_members(tag, params, temperature), *ext[1:]) if ext else {}
     rows = []
     for variant, p in probs.items():
         m = metrics.classification_metrics(test["label"], p)
@@ -137,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or [run_seed, *(s for s in (1, 2) if s != run_seed)]
     info = benchmark.machine_info()
     found = external_set(args.external, args.no_external, run_seed, cfg["external"]["max_images"])
-    ext = (pipeline.RunModels(paths.root), found[1]) if found else None
-    if found:
+    if found:  # stage 1 is the run's for every seed: its masks of the external set are computed once
+        models = pipeline.RunModels(paths.root)
+        ext = (models, found[1], pipeline.segment_external(models, found[1], progress=False))
         info = dict(info, external_set=found[0])
+    else:
+        ext = None
     for seed in seeds:
         rows = seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext)
         rows = [dict(r, profile=args.profile, **info) for r in rows]

@@ -35,4 +35,8 @@ def test_each_figure_has_its_panels_and_lines():
     assert len(plots.referral(curve, "t", marked=0.2).axes[0].lines) == 2
     assert len(plots.referral(curve, "t").axes[0].lines) == 1
     assert len(plots.ood_scores(np.linspace(0, 2, 50)).axes[0].patches) == 30
+    record = pd.DataFrame({"seed": [1, 2, 1, 2], "variant": ["method", "method", "image_only", "image_only"]})
+    record = record.assign(macro_f1=[0.8, 0.82, 0.7, 0.72], ext_macro_f1=[0.5, 0.52, 0.45, 0.47])
+    fig = plots.seed_points(record, {"macro_f1": "BUSI test", "ext_macro_f1": "external"})
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 8  # 2 seeds x 2 variants x 2 sets
     plt.close("all")

@@ -6,6 +6,7 @@ are :mod:`busi_utils.evaluation.evaluate`."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def busi_reference_cdf(paths: RunPaths, size: int) -> np.ndarray:
 METHOD = "method"  # the Predictor's answer: both views' ensembles fused, calibrated
 
 
+def _require_members(paths: RunPaths, views: list[str], members: list[int], tag: int | None, hint: str) -> None:
+    """Refuse, naming the first missing file, a set of members that is not all on disk."""
+    from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
+
+    missing = [crossfit.member_path(paths, v, k, tag) for v in views for k in members]
+    missing = [p for p in missing if not p.exists()]
+    if missing:
+        raise RunFolderError(f"{missing[0]}: missing ({len(missing)} member file(s); {hint})")
+
+
 class RunModels:
     """The run folder's models as notebooks 02-05 left them: the fold-U-Net ensemble, each
     view's member ensemble as inference graphs (the Predictor's), the image-only ensemble, the
@@ -76,9 +87,7 @@ class RunModels:
         self.summary, self.finalised, self.balance = summary, summary["finalised"], summary["balance"]
         self.seg_graph, self.graphs, _ = load_graphs(self.paths)
         members = summary["members"]
-        for k in members:
-            if not crossfit.member_path(self.paths, "image_only", k).exists():
-                raise RunFolderError(f"{crossfit.member_path(self.paths, 'image_only', k)}: missing (run notebook 04)")
+        _require_members(self.paths, ["image_only"], members, None, "run notebook 04")
         self.graphs["image_only"] = view_graph(crossfit.load_members(self.paths, "image_only", members), 2)
         gt = crossfit.member_path(self.paths, "image+gt_mask", 0)
         self.gt_model = cls.load_classifier(gt) if gt.exists() else None
@@ -97,13 +106,7 @@ class RunModels:
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
 
         members = self.summary["members"]
-        missing = [
-            p for v in self.graphs for k in members if not (p := crossfit.member_path(self.paths, v, k, tag)).exists()
-        ]
-        if missing:
-            raise RunFolderError(
-                f"{missing[0]}: missing ({len(missing)} members of seed tag {tag}; run scripts/seed_spread.py)"
-            )
+        _require_members(self.paths, list(self.graphs), members, tag, f"seed tag {tag}: run scripts/seed_spread.py")
         other = copy.copy(self)
         other.graphs = {}
         for view, graph in self.graphs.items():
@@ -129,16 +132,24 @@ def method_answers(models: RunModels, view_probs: dict, conf: np.ndarray) -> tup
     return raw, fusion.decide(models.summary["fusion"], view_probs, conf, float(models.finalised["temperature"]))
 
 
-def predict_external(
-    models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
-    (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
-    class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``."""
+@dataclass(frozen=True)
+class Segmented:
+    """An external set as stage 1 leaves it: the scans resized to every working size (adapted
+    or not) and the segmenter's lesion probabilities, 8-bit as stored for training. Stage 1
+    is the run's whatever stage-2 members answer, so a seed study segments once
+    (:meth:`RunModels.with_members`)."""
+
+    ids: list[str]
+    adapt: str
+    stores: dict[int, preprocess.ArrayStore]
+    probs: np.ndarray
+
+
+def segment_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> Segmented:
+    """Resize every scan of ``index`` (from the cache when present), adapt it, and run the
+    fold-U-Net ensemble over it: the stage-1 half of :func:`predict_external`."""
     import torch  # torch, after the CLI's checks
 
-    from busi_utils.serve.export import classify_batch  # torch, after the CLI's checks
-    from busi_utils.stage1.segmentation import score_masks  # torch, after the CLI's checks
     from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
 
     if adapt not in ADAPTATIONS:
@@ -163,7 +174,29 @@ def predict_external(
             [models.seg_graph(torch.from_numpy(seg_images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
              for k in range(0, len(seg_images), 32)]
         )  # fmt: skip
-    probs = prob_to_uint8(probs).astype(np.float32) / 255.0  # as stored for training
+    return Segmented(ids, adapt, stores, prob_to_uint8(probs).astype(np.float32) / 255.0)  # as stored for training
+
+
+def predict_external(
+    models: RunModels,
+    index: pd.DataFrame,
+    adapt: str = "none",
+    progress: bool = True,
+    segmented: Segmented | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
+    (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
+    class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``.
+    ``segmented``: :func:`segment_external`'s answer for this index and adaptation, computed once
+    for several sets of stage-2 members; by default computed here."""
+    from busi_utils.serve.export import classify_batch  # torch, after the CLI's checks
+    from busi_utils.stage1.segmentation import score_masks  # torch, after the CLI's checks
+    from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
+
+    segmented = segmented or segment_external(models, index, adapt, progress)
+    if segmented.adapt != adapt or segmented.ids != index["image_id"].tolist():
+        raise ValueError("segmented: computed for other images or another adaptation than asked")
+    ids, stores, probs, size = segmented.ids, segmented.stores, segmented.probs, models.cls_size
     table = index[["image_id", "label", "patient"]].copy()
     table["label"] = table["label"].astype(str)
     seg_masks = stores[models.seg_size].masks

@@ -1,5 +1,6 @@
 """The figures of the evaluation chapters (5 and 7): confusion matrices, ROC curves, the
-reliability diagram, the referral curve and the out-of-distribution scores. Each takes what a
+reliability diagram, the referral curve, the out-of-distribution scores and the seed study's
+points. Each takes what a
 chapter already computed and returns the figure, so a chapter's cell is the computation and
 one call, and chapters 5 and 7 draw their referral curves alike."""
 
@@ -78,4 +79,16 @@ def ood_scores(score: np.ndarray, what: str = "test scans"):
     ax.axvline(1, color="tab:red", label="flag above")
     ax.set(xlabel="out-of-distribution score (distance / threshold)", ylabel=what)
     ax.legend()
+    return fig
+
+
+def seed_points(record: pd.DataFrame, columns: Mapping[str, str], metric: str = "macro-F1"):
+    """One point per training seed and variant, one colour per set (``columns``: the record's
+    column -> its set's name): how far each classifier moves with the seed, at home and away."""
+    long = record.melt(id_vars=["seed", "variant"], value_vars=list(columns), var_name="set")
+    long["set"] = long["set"].map(dict(columns))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    sns.stripplot(data=long, x="variant", y="value", hue="set", dodge=True, size=7, ax=ax)
+    ax.set(ylabel=metric, xlabel="", ylim=(0, 1), title="One point per training seed")
+    ax.legend(title="", loc="lower left")
     return fig
