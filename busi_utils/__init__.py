@@ -20,6 +20,9 @@ Research and teaching only: nothing here is a diagnostic device.
 """
 
 from busi_utils import _aliases
+from busi_utils.core import reproducible
+
+reproducible.pin_environment()  # before torch loads (a learner's kernel imports busi_utils first): see its docstring
 
 __version__ = "0.1.0"
 DISCLAIMER = (

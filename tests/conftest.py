@@ -15,6 +15,7 @@ if "BUSI_CACHE" not in os.environ:
     os.environ["BUSI_CACHE"] = tempfile.mkdtemp(prefix="busi-test-cache-")
 os.environ.setdefault("BUSI_OFFLINE", "1")  # tests never download
 
+import busi_utils  # noqa: E402,F401  (reproducible mode: pins the CPU code paths before torch loads)
 from busi_utils import data  # noqa: E402
 from busi_utils.data import dedup
 from busi_utils.data.synthetic import make_synthetic_busi  # noqa: E402

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from busi_utils.core.config import CLASSES
+from busi_utils.core import reproducible
 from busi_utils.core.files import atomic_write_json, read_json
 from busi_utils.core.runfolder import CLASSIFIER_SUMMARY_SCHEMA, METRICS_SCHEMA, RunPaths, validate
 from busi_utils.evaluation import metrics, uncertainty
@@ -182,9 +183,11 @@ def timing_block(paths: RunPaths) -> dict:
 
 def write_metrics(paths: RunPaths, results: dict) -> dict:
     """Validate ``results`` against :data:`~busi_utils.core.runfolder.METRICS_SCHEMA` and write
-    ``metrics.json`` atomically, keeping entries other notebooks added (``external``)."""
+    ``metrics.json`` atomically, keeping entries other notebooks added (``external``). It records
+    the machine beside the numbers (CPU, instruction set, threads, versions, reproducible mode)."""
     current = read_json(paths.metrics_json, {})
     merged = {**{k: v for k, v in current.items() if k not in results}, **results, "timing": timing_block(paths)}
+    merged["machine"] = reproducible.describe()
     atomic_write_json(paths.metrics_json, validate(merged, METRICS_SCHEMA, str(paths.metrics_json)))
     return merged
 

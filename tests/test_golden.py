@@ -1,0 +1,63 @@
+"""One number on every machine: in reproducible mode a tiny U-Net and a tiny classifier, trained
+with the course's own code, end with the committed weights (``golden_hashes.json``), whatever
+this processor could do beyond AVX2. The negative control trains under another instruction set
+and must end elsewhere, or the hash would prove nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from busi_utils.core import reproducible
+
+HERE = Path(__file__).parent
+GOLDEN = json.loads((HERE / "golden_hashes.json").read_text())
+
+pytestmark = pytest.mark.skipif(
+    not reproducible.supports_pinned_isa(), reason="this processor lacks AVX2 (or is not x86-64): the pins cannot hold"
+)
+
+
+def _train(tmp_path: Path, **env: str) -> dict:
+    out = tmp_path / "hashes.json"
+    inherited = {k: v for k, v in os.environ.items() if k not in reproducible.PINS}  # the child pins (or not) itself
+    full = {**inherited, "BUSI_CACHE": str(tmp_path / "cache"), **env}
+    subprocess.run([sys.executable, str(HERE / "golden_train.py"), "--out", str(out)], env=full, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory) -> dict:
+    return _train(tmp_path_factory.mktemp("golden"), BUSI_REPRODUCIBLE="1")
+
+
+def test_reproducible_mode_trains_the_committed_weights(pinned):
+    golden = GOLDEN.get(pinned["torch"])
+    if golden is None:
+        pytest.skip(f"no golden hash for torch {pinned['torch']} (requirements.txt pins {', '.join(GOLDEN)})")
+    assert (pinned["isa_in_use"], pinned["threads"]) == ("AVX2", reproducible.THREADS)
+    assert {k: pinned[k] for k in ("unet", "classifier")} == {k: golden[k] for k in ("unet", "classifier")}, (
+        f"{pinned['cpu']} trained other weights than {golden['made_on']}: reproducible mode does not hold here"
+    )
+
+
+def test_another_instruction_set_trains_other_weights(pinned, tmp_path):
+    other = _train(
+        tmp_path, BUSI_REPRODUCIBLE="0", ONEDNN_MAX_CPU_ISA="SSE41", ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="2"
+    )
+    assert other["isa_in_use"] == "DEFAULT" and not other["reproducible"]
+    assert other["unet"] != pinned["unet"] and other["classifier"] != pinned["classifier"]
+
+
+def test_the_switch_and_the_pins(monkeypatch):
+    env = {"OMP_NUM_THREADS": "1", reproducible.ENV_SWITCH: "0"}
+    assert reproducible.pin_environment(env) == {} and env["OMP_NUM_THREADS"] == "1"  # off: nothing touched
+    env[reproducible.ENV_SWITCH] = "1"
+    assert reproducible.pin_environment(env) == reproducible.PINS
+    assert env["OMP_NUM_THREADS"] == str(reproducible.THREADS)  # on: a global setting does not win silently
