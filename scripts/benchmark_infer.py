@@ -1,10 +1,12 @@
 """Inference speed as a user meets it: one image with the command line (process start to
-exit), and a folder of 100 test images, for the torch and the ONNX backend.
+exit), a folder of 100 test images, for the torch and the ONNX backend; and how fast six bad
+files are refused (process start to exit, before any model loads).
 
-    python scripts/benchmark_infer.py [--run runs/cpu] [--repeats 3]
+    python scripts/benchmark_infer.py [--run runs/cpu] [--repeats 3] [--refusals-only]
 
 Rows go to ``benchmarks/infer.csv`` with the machine's speed (targets on 2 cores: one image
-at most 2 s, a folder at most 60 ms per image). A measurement, not a test.
+at most 2 s, a folder at most 60 ms per image, a bad file refused within 0.5 s). A measurement,
+not a test.
 """
 
 from __future__ import annotations
@@ -18,21 +20,84 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from busi_utils import data
 from busi_utils.core import benchmark, runfolder
 
+REFUSAL_TARGET_S = 0.5
 
-def timed(cmd: list[str]) -> float:
+
+def timed(cmd: list[str], expect: int = 0) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != expect:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}, expected {expect}: {done.stderr[-500:]}")
+    return seconds
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    )
+
+
+def bad_files(folder: Path) -> dict[str, Path]:
+    """Six files the command line must refuse, by kind."""
+    scan = folder / "scan.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 500), dtype=np.uint8)).save(scan)
+    made = {
+        "empty": b"",
+        "text_as_png": b"this is not an image\n",
+        "truncated": scan.read_bytes()[:2000],
+        "10px": None,
+        "12000x9000_header": png_claiming(12000, 9000),
+        "20000px_bomb": png_claiming(20000, 20000),
+    }
+    out = {}
+    for kind, content in made.items():
+        path = folder / f"{kind}.png"
+        if content is None:
+            Image.new("L", (10, 10)).save(path)
+        else:
+            path.write_bytes(content)
+        out[kind] = path
+    return out
+
+
+def refusal_rows(folder: Path, repeats: int, meta: dict) -> list[dict]:
+    """Process start to exit for each bad file (median of ``repeats``), exit code 2 required."""
+    rows = []
+    for kind, path in bad_files(folder).items():
+        cmd = [sys.executable, "-m", "busi_utils.serve.infer", "--image", str(path), "--out", str(folder / "out")]
+        seconds = statistics.median(timed(cmd, expect=2) for _ in range(repeats))
+        rows.append({"backend": f"refusal:{kind}", "image_cli_s": round(seconds, 3), **meta})
+        verdict = "within" if seconds <= REFUSAL_TARGET_S else "OVER"
+        print(f"refused {kind:18s} in {seconds:.3f} s ({verdict} {REFUSAL_TARGET_S} s; calib {meta['calib_ms']} ms)")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default=str(runfolder.default_run()))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--refusals-only", action="store_true", help="time the six bad files only (no run folder needed)")
     args = ap.parse_args()
+    if args.refusals_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = refusal_rows(Path(tmp), args.repeats, {"run": "-", **benchmark.machine_info()})
+        benchmark.append_rows(benchmark.benchmarks_dir() / "infer.csv", rows, ["backend", "run"])
+        return
     paths = runfolder.RunPaths(Path(args.run).resolve())
     index = data.read_index(paths.index_csv).set_index("image_id")
     ids = paths.read_split().query("split == 'test'")["image_id"].head(100)
@@ -65,6 +130,7 @@ def main() -> None:
                 f"{row['folder_ms_per_image']:.0f} ms/image after start-up (calib {meta['calib_ms']} ms)"
             )
             rows.append(row)
+        rows += refusal_rows(Path(tmp), args.repeats, meta)
     benchmark.append_rows(benchmark.benchmarks_dir() / "infer.csv", rows, ["backend", "run"])
 
 

@@ -20,6 +20,18 @@ from busi_utils import data  # noqa: E402
 from busi_utils.data import dedup
 from busi_utils.data.synthetic import make_synthetic_busi  # noqa: E402
 
+COURSE_FIXTURES = {"quick_run", "quick_paths", "complete_quick_paths", "quick_test_image", "predictor"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``course`` every test that waits for the quick course run, reads the real data or
+    executes notebooks: ``make test-fast`` (``pytest -m "not course"``) leaves them out."""
+    for item in items:
+        if COURSE_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+            item.get_closest_marker(m) for m in ("real_data", "notebooks")
+        ):
+            item.add_marker(pytest.mark.course)
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:

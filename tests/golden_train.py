@@ -20,11 +20,13 @@ from pathlib import Path
 
 os.environ.setdefault("BUSI_CACHE", tempfile.mkdtemp(prefix="busi-golden-"))
 
-import busi_utils  # noqa: E402,F401  (pins the environment before torch loads)
+from busi_utils.core import reproducible  # noqa: E402
+
+reproducible.pin_environment()  # before torch loads (importing busi_utils did it already: said here for the reader)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from busi_utils.core import reproducible  # noqa: E402
 from busi_utils.data import build_index, dedup, preprocess, splits  # noqa: E402
 from busi_utils.data.synthetic import make_synthetic_busi  # noqa: E402
 from busi_utils.stage1 import segmentation as seg  # noqa: E402
@@ -42,7 +44,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def train_both(root: Path) -> dict[str, str]:
     index = build_index(make_synthetic_busi(root / "synthetic", seed=1), progress=False)
-    split = splits.make_split(dedup.group_duplicates(index, dedup.find_duplicate_pairs(index, progress=False)), n_folds=3, seed=0)
+    split = splits.make_split(
+        dedup.group_duplicates(index, dedup.find_duplicate_pairs(index, progress=False)), n_folds=3, seed=0
+    )
     store = preprocess.ArrayStore(preprocess.resized_arrays(index, 32, progress=False))
     train_ids, watched = seg.fold_ids(split, 0)
     recipe = {"arch": "light", "base": 4, "size": 32, "epochs": 2, "batch_size": 8, "lr": 3e-3, "loss": "dice_bce"}

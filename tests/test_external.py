@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from busi_utils.core.errors import DuplicateEntryError, LabelsFileError, LayoutError, MaskError
 from busi_utils.data import BusiDataError, external, synthetic
 from busi_utils.evaluation import evaluate, metrics
 
@@ -41,7 +43,7 @@ def test_both_layouts_load_with_colours_resized_and_missing_masks(ext_root):
     assert _snapshot(ext_root) == before  # the dataset folder is only read
     assert len(index) == 32 and index["patient"].nunique() == 8
     assert set(index["label"].astype(str)) == {"normal", "benign", "malignant"}
-    assert int(index["mask_resized"].sum()) == 1
+    assert int(index["mask_resized"].sum()) == (index["layout"].iloc[0] == "bus_uclm")  # as published: counted
     for row in index.itertuples():
         gray, mask = external.load_external_pair(row._asdict())
         assert gray.dtype == np.uint8 and mask.shape == gray.shape
@@ -82,6 +84,82 @@ def test_bad_input_is_a_named_error(ext_copy, damage, message):
     damage(ext_copy)
     with pytest.raises(BusiDataError, match=message):
         external.build_external_index(ext_copy, progress=False)
+
+
+def _first(root: Path, folder: str, label: str | None = None) -> Path:
+    """The first file of ``folder`` (of a scan with ``label`` when given)."""
+    table = pd.read_csv(root / "labels.csv")
+    names = sorted(table["image"] if label is None else table.loc[table["label"] == label, "image"])
+    stem = Path(names[0]).stem
+    return next(p for p in sorted((root / folder).iterdir()) if p.stem == stem)
+
+
+def _blank_mask(path: Path, lesion: bool) -> None:
+    with Image.open(path) as m:
+        size = m.size
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    if lesion:
+        arr[10:20, 10:20] = 255
+    Image.fromarray(arr).save(path)
+
+
+def _scale_mask(path: Path, fx: float, fy: float) -> None:
+    with Image.open(path) as m:
+        m.resize((max(int(m.width * fx), 1), max(int(m.height * fy), 1)), Image.NEAREST).save(path)
+
+
+def _latin1(root: Path) -> None:
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[3] += "ô"  # line 4's patient gains an accent, saved in Latin-1 (as a spreadsheet may)
+    (root / "labels.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (lambda r: (r / "labels.csv").write_bytes(b""), LabelsFileError, r"labels\.csv: empty file"),
+        (lambda r: (r / "labels.csv").write_text("image,label,patient\n"), LabelsFileError, "a header but no rows"),
+        (_latin1, LabelsFileError, r"labels\.csv: line 4: not UTF-8 text \(byte 0xf4\)"),
+        (lambda r: (r / "labels.csv").write_text("image,diagnosis\nx.png,benign\n"), LabelsFileError, "needs the columns image, label"),
+        (lambda r: (r / "labels.csv").write_text((r / "labels.csv").read_text() + "a,b,c,d\n"), LabelsFileError, "line 34: more fields"),
+        (lambda r: _rewrite_labels(r, lambda t: pd.concat([t, t.iloc[[2, 5, 9]]])), DuplicateEntryError, r"line 34: repeats line 4"),
+        (lambda r: _rewrite_labels(r, lambda t: pd.concat([t, t.iloc[[2]].assign(label="normal" if t["label"].iloc[2] != "normal" else "benign")])), DuplicateEntryError, "is listed again"),
+        (lambda r: shutil.copy(_first(r, "images"), _first(r, "images").with_suffix(".bmp")), DuplicateEntryError, "one scan, two files"),
+        (lambda r: shutil.copy(_first(r, "masks"), _first(r, "masks").with_suffix(".jpg")), DuplicateEntryError, "one scan, two files"),
+        (lambda r: (r / "images" / "more").mkdir(), LayoutError, r"images/more: a folder inside images/"),
+        (lambda r: (r / "masks" / "more").mkdir(), LayoutError, r"masks/more: a folder inside masks/"),
+        (lambda r: _scale_mask(_first(r, "masks", "benign"), 7 / 300, 9 / 240), MaskError, r"more than 2x off on a side"),
+        (lambda r: _scale_mask(_first(r, "masks", "benign"), 1.2, 1.1), MaskError, "a mask must match its scan"),
+        (lambda r: _first(r, "masks").write_bytes(b""), MaskError, "empty file"),
+        (lambda r: _first(r, "masks").write_bytes(_first(r, "masks").read_bytes()[:80]), MaskError, "unreadable or truncated mask"),
+        (lambda r: _first(r, "masks").write_text("not a mask"), MaskError, "not a readable mask"),
+        (lambda r: _blank_mask(_first(r, "masks", "malignant"), lesion=False), MaskError, r"no lesion pixel, but labels\.csv line \d+ labels the scan malignant"),
+        (lambda r: _blank_mask(_first(r, "masks", "normal"), lesion=True), MaskError, "lesion pixels on a scan that labels.csv line"),
+    ],
+)  # fmt: skip
+def test_every_broken_external_set_is_a_named_error(ext_copy, damage, error, message):
+    """Each problem gets its own kind of error naming the file (and line); the good set loads
+    (the negative control: ``test_both_layouts_load_with_colours_resized_and_missing_masks``)."""
+    damage(ext_copy)
+    with pytest.raises(error, match=message):
+        external.build_external_index(ext_copy, progress=False)
+
+
+def test_a_bom_is_fine_and_a_resize_is_asked_for_and_counted(ext_copy):
+    table = ext_copy / "labels.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + table.read_bytes())
+    assert len(external.build_external_index(ext_copy, progress=False)) == 32
+    _scale_mask(_first(ext_copy, "masks", "benign"), 1.2, 1.1)
+    index = external.build_external_index(ext_copy, progress=False, resize_masks=True)
+    assert int(index["mask_resized"].sum()) == 1 and len(index) == 32
+
+
+def test_evaluate_refuses_a_broken_set_before_any_model_loads(ext_copy, tmp_path):
+    """Exit 2 and one line, with a run folder that does not even exist: the data is checked first."""
+    _rewrite_labels(ext_copy, lambda t: pd.concat([t, t.iloc[[2, 5, 9]]]))
+    r = _cli("--data", str(ext_copy), "--run", str(tmp_path / "no_run"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "repeats line" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_patient_bootstrap_keeps_patients_whole():

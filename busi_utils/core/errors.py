@@ -19,12 +19,36 @@ class BusiDataError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class LayoutError(BusiDataError):
+    """A data set's folders are not laid out as expected (say, a subfolder inside ``images/``)."""
+
+
+class LabelsFileError(BusiDataError):
+    """The labels table cannot be read: empty, header only, not UTF-8, or a column missing.
+    The message names the file and, where it applies, the line."""
+
+
+class DuplicateEntryError(BusiDataError):
+    """Something would be counted twice: a repeated row, an image listed twice, or one stem in
+    two files (``scan.png`` and ``scan.jpg``), whose masks and outputs would be confused."""
+
+
+class MaskError(BusiDataError):
+    """A mask that cannot be scored against its scan: unreadable, empty file, another size
+    (resized only where the data set's publishers say so), or contradicting the label (a lesion
+    scan with no lesion pixel, a normal scan with one)."""
+
+
 class DataNotFoundError(FileNotFoundError):
     """No dataset could be found, fetched or generated; the message lists what was tried."""
 
 
 class InputError(ValueError):
     """An image that cannot be analysed (empty, truncated, not an image, too small, too large)."""
+
+
+class OutputError(OSError):
+    """An output folder or file that cannot be written (named before any work is done)."""
 
 
 class RunFolderError(FileNotFoundError):

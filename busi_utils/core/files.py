@@ -35,6 +35,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work is done, an output that cannot be written: the file ``path`` (or
+    the folder, when ``folder``) is created as needed, and a probe file written and removed in
+    it. Raises :class:`~busi_utils.core.errors.OutputError` naming the path and the reason."""
+    from busi_utils.core.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputError(
+            f"{path}: exists and is {'not ' if folder else ''}a folder ({'a folder' if folder else 'a file'} was expected)"
+        )
+    where = path if folder else path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"{path}: cannot be written ({err.strerror or err})") from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -55,6 +55,7 @@ class RunPaths:
     notebooks = property(lambda self: self.root / "notebooks")
     cli_demo = property(lambda self: self.root / "cli_demo")
     artefacts = property(lambda self: self.root / "artefacts")  # screenshots and other build artefacts
+    external = property(lambda self: self.root / "external")  # per-image tables of external sets (07)
     # 01: the data audit
     index_csv = property(lambda self: self.data / "index.csv")
     source_json = property(lambda self: self.data / "source.json")

@@ -22,10 +22,23 @@ The four-letter prefix is the patient.
 is its own patient. Images without a mask still count for classification (Dice is skipped).
 
 Masks are binarised whatever their colours (a pixel is lesion when any channel is at least half
-bright); a mask whose size differs from its image is resized (nearest) and counted. Anything
-that cannot be used is a :class:`busi_utils.data.BusiDataError` naming the file and the
-problem: an unknown label, an unreadable image, a mask or label row without an image, an image
-without a label row. Nothing is skipped silently.
+bright). Everything is checked before any model loads, and anything that cannot be used is a
+:class:`busi_utils.data.BusiDataError` (or one of its named kinds in :mod:`busi_utils.core.errors`)
+naming the file, the line where there is one, and the problem:
+
+* the labels table: empty, header only, not UTF-8 (a BOM is fine), a column missing, an unknown
+  label, an empty name (:class:`LabelsFileError`);
+* anything counted twice: a repeated row, an image listed twice, one stem in two files
+  (``scan.png`` and ``scan.jpg``), two masks for one scan (:class:`DuplicateEntryError`);
+* masks: unreadable, empty or truncated files, a lesion scan whose mask has no lesion pixel or a
+  normal scan whose mask has one, and a mask of another size than its scan (:class:`MaskError`).
+  A mask of another size is resized (nearest) and counted only where that is asked for
+  (``resize_masks``), and by default only in the BUS-UCLM layout, whose publishers ship 13 masks
+  (patient HESN) at another size; never when a side differs by more than 2x;
+* a subfolder where files are expected (:class:`LayoutError`), a mask or label row without an
+  image, an image without a label row, an unreadable image.
+
+Nothing is skipped, resized or counted silently.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from busi_utils.core.config import CLASSES, cache_dir, repo_root
+from busi_utils.core.errors import DuplicateEntryError, LabelsFileError, LayoutError, MaskError
 from busi_utils.data import BusiDataError, extract_zip
 from busi_utils.data.synthetic import make_synthetic_external
 
@@ -113,20 +127,37 @@ def detect_layout(root: Path) -> str:
     return "bus_uclm" if (Path(root) / LAYOUT_FILES["bus_uclm"]).is_file() else "generic"
 
 
-def _read_table(path: Path) -> list[dict]:
-    """Rows of a ';' or ',' separated CSV (BOM tolerated), keys stripped."""
-    text = path.read_text(encoding="utf-8-sig")
-    dialect = ";" if text.splitlines()[0].count(";") > text.splitlines()[0].count(",") else ","
-    return [
-        {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        for row in csv.DictReader(io.StringIO(text), delimiter=dialect)
-    ]
+def _read_table(path: Path) -> list[tuple[int, dict]]:
+    """``(line, row)`` of a ';' or ',' separated CSV in UTF-8 (a BOM is fine), keys and values
+    stripped; an empty file, a header without rows, another encoding or a ragged row is refused."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise LabelsFileError(
+            path, "empty file (expected a header line, e.g. image,label,patient, then one row per image)"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise LabelsFileError(
+            path, f"line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save it as UTF-8, with or without a BOM"
+        ) from None
+    header = text.lstrip().splitlines()[0]
+    reader = csv.DictReader(io.StringIO(text), delimiter=";" if header.count(";") > header.count(",") else ",")
+    rows = []
+    for row in reader:
+        if None in row:
+            raise LabelsFileError(path, f"line {reader.line_num}: more fields than the header has columns")
+        rows.append((reader.line_num, {(k or "").strip(): (v or "").strip() for k, v in row.items()}))
+    if not rows:
+        raise LabelsFileError(path, "a header but no rows: no image is labelled")
+    return rows
 
 
 def _label(value: str, where: Path, line: int) -> str:
     label = value.strip().lower()
     if label not in CLASSES:
-        raise BusiDataError(where, f"line {line}: unknown label {value!r} (expected {', '.join(CLASSES)})")
+        raise LabelsFileError(where, f"line {line}: unknown label {value!r} (expected {', '.join(CLASSES)})")
     return label
 
 
@@ -134,24 +165,32 @@ def _yes(value: str) -> bool:
     return value.strip().lower() in ("yes", "y", "true", "1")
 
 
+REQUIRED_COLUMNS = {"bus_uclm": ("Image", "Label"), "generic": ("image", "label")}
+
+
 def _label_rows(root: Path, layout: str) -> list[dict]:
-    """``image`` (file name), ``label``, ``patient`` and extra attributes, one per labelled image."""
+    """``image`` (file name), ``label``, ``patient``, ``line`` and extra attributes, one per
+    labelled image; a repeated row, image or stem is refused (:func:`_refuse_repeats`)."""
     table = root / LAYOUT_FILES[layout]
     rows = _read_table(table)
+    missing = [c for c in REQUIRED_COLUMNS[layout] if c not in rows[0][1]]
+    if missing:
+        raise LabelsFileError(
+            table, f"needs the columns {', '.join(REQUIRED_COLUMNS[layout])} (missing {', '.join(missing)}; "
+            f"found {', '.join(rows[0][1]) or 'none'})"
+        )  # fmt: skip
     out = []
-    for n, row in enumerate(rows, start=2):  # line 1 is the header
+    for n, row in rows:
         if layout == "bus_uclm":
-            name = row.get("Image", "")
+            name = row["Image"]
             rec = {
                 "image": name,
-                "label": _label(row.get("Label", ""), table, n),
+                "label": _label(row["Label"], table, n),
                 "patient": Path(name).stem.split("_")[0],
                 "doppler": _yes(row.get("Doppler", "")),
                 "marks": _yes(row.get("Marks", "")),
             }
         else:
-            if "image" not in row or "label" not in row:
-                raise BusiDataError(table, "needs the columns 'image' and 'label' (and optionally 'patient')")
             name = row["image"]
             rec = {
                 **{k: v for k, v in row.items() if k not in ("image", "label", "patient")},
@@ -160,67 +199,145 @@ def _label_rows(root: Path, layout: str) -> list[dict]:
                 "patient": row.get("patient") or Path(name).stem,
             }
         if not name:
-            raise BusiDataError(table, f"line {n}: empty image name")
-        out.append(rec)
+            raise LabelsFileError(table, f"line {n}: empty image name")
+        out.append({**rec, "line": n, "_row": tuple(sorted(row.items()))})
+    _refuse_repeats(out, table)
     return out
 
 
-def _check_image(path: Path) -> tuple[str, tuple[int, int]]:
-    """sha256 and (width, height) of a fully decodable image, else a named error."""
+def _refuse_repeats(rows: list[dict], table: Path) -> None:
+    """A row repeated, an image listed twice, or two names with one stem (masks and outputs are
+    matched by stem, so ``scan.png`` and ``scan.jpg`` would share them): each counted twice."""
+    by_row, by_name, by_stem = {}, {}, {}
+    for r in rows:
+        n, name, stem = r["line"], r["image"], Path(r["image"]).stem
+        if r["_row"] in by_row:
+            raise DuplicateEntryError(table, f"line {n}: repeats line {by_row[r['_row']]} ({name})")
+        if name in by_name:
+            raise DuplicateEntryError(table, f"line {n}: {name} is listed again (first on line {by_name[name]})")
+        if stem in by_stem:
+            first, line = by_stem[stem]
+            raise DuplicateEntryError(
+                table, f"line {n}: {name} and {first} (line {line}) share the stem {stem!r}; masks are matched by stem"
+            )
+        by_row[r["_row"]], by_name[name], by_stem[stem] = n, n, (name, n)
+        del r["_row"]
+
+
+def _files(folder: Path, what: str) -> dict[str, Path]:
+    """The files of ``folder`` by name (hidden ones aside). A subfolder is refused: its files
+    would be neither read nor reported. Two files with one stem are refused too."""
+    out, stems = {}, {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            raise LayoutError(
+                p, f"a folder inside {folder.name}/: expected only {what} files (subfolders are not read)"
+            )
+        if p.stem in stems:
+            raise DuplicateEntryError(
+                p, f"{what} file with the stem of {stems[p.stem].name}: one scan, two files (which one counts?)"
+            )
+        out[p.name], stems[p.stem] = p, p
+    return out
+
+
+def _open_checked(path: Path, what: str = "image") -> tuple[str, Image.Image]:
+    """sha256 and the decoded image of a readable file, else a named error."""
+    error = MaskError if what == "mask" else BusiDataError
     raw = path.read_bytes()
     if not raw:
-        raise BusiDataError(path, "empty file")
+        raise error(path, f"empty file (a {what} was expected)")
     try:
         img = Image.open(io.BytesIO(raw))
         img.load()
     except UnidentifiedImageError:
-        raise BusiDataError(path, "not a readable image (unrecognised format)") from None
+        raise error(path, f"not a readable {what} (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise BusiDataError(path, f"unreadable or truncated image ({err})") from None
-    return hashlib.sha256(raw).hexdigest(), img.size
+        raise error(path, f"unreadable or truncated {what} ({err})") from None
+    return hashlib.sha256(raw).hexdigest(), img
 
 
-def build_external_index(root: os.PathLike | str, progress: bool = True) -> pd.DataFrame:
+def _check_image(path: Path) -> tuple[str, tuple[int, int]]:
+    """sha256 and (width, height) of a fully decodable image, else a named error."""
+    sha, img = _open_checked(path)
+    return sha, img.size
+
+
+MAX_MASK_RESIZE = 2.0  # a mask more than 2x off its scan on a side is not that scan's mask
+
+
+def _check_mask(mask: Path, scan: Path, size: tuple[int, int], label: str, line: str, resize: bool) -> tuple[str, bool]:
+    """sha256 of a usable mask and whether it must be resized; a mask of another size is refused
+    unless ``resize`` (and always beyond :data:`MAX_MASK_RESIZE`), and a mask that contradicts
+    the label is refused."""
+    sha, img = _open_checked(mask, "mask")
+    (mw, mh), (w, h) = img.size, size
+    if (mw, mh) != (w, h):
+        where = f"{mw}x{mh} px, its scan {scan.name} {w}x{h} px"
+        if max(mw / w, w / mw, mh / h, h / mh) > MAX_MASK_RESIZE:
+            raise MaskError(mask, f"{where}: more than {MAX_MASK_RESIZE:g}x off on a side, so not this scan's mask")
+        if not resize:
+            raise MaskError(
+                mask, f"{where}: a mask must match its scan (resize_masks=True or --resize-masks resizes it)"
+            )
+    lesion = bool(binarise_mask(img).any())
+    if lesion != (label != "normal"):
+        raise MaskError(
+            mask,
+            f"no lesion pixel, but {line} labels the scan {label}"
+            if not lesion
+            else f"lesion pixels on a scan that {line} labels normal",
+        )
+    return sha, (mw, mh) != (w, h)
+
+
+def build_external_index(
+    root: os.PathLike | str, progress: bool = True, resize_masks: bool | None = None
+) -> pd.DataFrame:
     """One row per labelled image: ``image_id``, ``image_path``, ``mask_paths`` ('' if none),
     ``label``, ``patient``, ``mask_resized``, sizes, hashes and the layout's attributes
-    (``doppler``, ``marks`` for BUS-UCLM). Validates everything (see the module docstring)."""
+    (``doppler``, ``marks`` for BUS-UCLM). Validates everything (see the module docstring).
+    ``resize_masks``: resize masks of another size than their scan (and count them); by default
+    only in the BUS-UCLM layout (13 such masks in the published set)."""
     root = find_external_dir(root)
     layout = detect_layout(root)
-    images = {p.name: p for p in sorted((root / "images").iterdir()) if p.is_file() and not p.name.startswith(".")}
+    resize_masks = layout == "bus_uclm" if resize_masks is None else resize_masks
+    images = _files(root / "images", "image")
     for p in images.values():
         if p.suffix.lower() not in IMAGE_EXTS:
             raise BusiDataError(p, f"not an image file (expected one of {', '.join(IMAGE_EXTS)})")
     masks_dir = root / "masks"
-    masks = (
-        {p.stem: p for p in sorted(masks_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
-        if masks_dir.is_dir()
-        else {}
-    )
+    masks = {p.stem: p for p in _files(masks_dir, "mask").values()} if masks_dir.is_dir() else {}
     rows = _label_rows(root, layout)
     listed = {r["image"] for r in rows}
     unlabelled = sorted(set(images) - listed)
     if unlabelled:
         raise BusiDataError(images[unlabelled[0]], f"image without a label row in {LAYOUT_FILES[layout]}")
-    missing = [r["image"] for r in rows if r["image"] not in images]
+    missing = [r for r in rows if r["image"] not in images]
     if missing:
-        raise BusiDataError(root / "images" / missing[0], f"listed in {LAYOUT_FILES[layout]} but missing")
+        raise BusiDataError(
+            root / "images" / missing[0]["image"],
+            f"listed in {LAYOUT_FILES[layout]} but missing (line {missing[0]['line']})",
+        )
     stems = {Path(n).stem for n in images}
     orphans = sorted(set(masks) - stems)
     if orphans:
         raise BusiDataError(masks[orphans[0]], "mask without an image")
     out = []
     for rec in tqdm(rows, desc=f"checking {root.name}", disable=not progress):
-        path = images[rec["image"]]
+        path = images[rec.pop("image")]
+        line = f"{LAYOUT_FILES[layout]} line {rec.pop('line')}"
         sha, (w, h) = _check_image(path)
         mask = masks.get(path.stem)
         mask_sha, resized = "", False
         if mask is not None:
-            mask_sha, (mw, mh) = _check_image(mask)
-            resized = (mw, mh) != (w, h)
+            mask_sha, resized = _check_mask(mask, path, (w, h), rec["label"], line, resize_masks)
         out.append(
             {
                 "image_id": f"{rec['patient']}/{path.stem}",
-                **{k: v for k, v in rec.items() if k != "image"},
+                **rec,
                 "image_path": str(path),
                 "mask_paths": str(mask) if mask else "",
                 "rel_path": f"images/{path.name}",

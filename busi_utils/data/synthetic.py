@@ -163,7 +163,7 @@ def make_synthetic_external(
 ) -> Path:
     """A small labelled external set in either layout of :mod:`busi_utils.data.external`, with the
     quirks the loader must handle: coloured masks (green benign, red malignant), JPEG scans
-    (BUS-UCLM) or mixed formats, masks of another size than their image, images without a mask
+    (BUS-UCLM) or mixed formats, a mask of another size than its image (BUS-UCLM, as published), images without a mask
     (generic), a patient column. Returns the folder. Deterministic for a seed; built once."""
     root = Path(root)
     if (root / ".complete").exists():
@@ -187,8 +187,8 @@ def make_synthetic_external(
             rgb = np.zeros((h, w, 3), np.uint8)
             rgb[mask] = colour
             m = Image.fromarray(rgb)
-            if p == 0 and k == 1:
-                m = m.resize((w // 2, h // 2), Image.NEAREST)  # a mask of the wrong size
+            if p == 0 and k == 1 and layout == "bus_uclm":  # as BUS-UCLM's 13 HESN masks: resized, counted
+                m = m.resize((round(w * 1.1), round(h * 1.25)), Image.NEAREST)
             if not (layout == "generic" and p == 1 and k == 0):  # generic: one image has no mask
                 m.save(root / "masks" / f"{stem}.png")
             rows.append({"image": f"{stem}{ext}", "label": label, "patient": patient})

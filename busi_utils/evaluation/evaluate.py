@@ -3,9 +3,12 @@
     python -m busi_utils.evaluation.evaluate --data PATH [--run runs/cpu] [--out report.json] [--adapt histmatch]
 
 ``PATH`` is a folder or zip in either layout of :mod:`busi_utils.data.external`. Prints a summary
-table and writes the JSON report atomically. Every interval resamples **patients**, not images:
-images of one patient are not independent. Exit codes: 0 done, 2 unusable data (one-line error
-naming the file), 3 missing or incomplete run folder. Research and teaching only.
+table and writes the JSON report atomically, with the per-image table beside it
+(``report_images.csv``: each scan's true label, every variant's answer and probabilities, the
+lesion confidence, Dice, and the uncertain / out-of-distribution flags). Every interval resamples
+**patients**, not images: images of one patient are not independent. The data set and the output
+are checked before any model loads. Exit codes: 0 done, 2 unusable data or output (one line
+naming the file and the problem), 3 missing or incomplete run folder. Research and teaching only.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import pandas as pd
 
 from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
-from busi_utils.core.errors import RunFolderError
-from busi_utils.core.files import atomic_write_json
+from busi_utils.core.errors import OutputError, RunFolderError
+from busi_utils.core.files import atomic_write_json, atomic_write_text, check_writable
 from busi_utils.core.runfolder import default_run
 from busi_utils.data import BusiDataError
 from busi_utils.data.external import build_external_index, resolve_external
@@ -50,6 +53,8 @@ __all__ = [  # this module's own names, and those it gathers from pipeline (chap
     "method_answers",
     "method_tta",
     "metrics_by_flag",
+    "per_image_table",
+    "per_image_path",
     "predict_external",
     "RunModels",
     "summarise",
@@ -87,6 +92,38 @@ def summarise(table: pd.DataFrame, models: RunModels, n_boot: int = 1000, seed: 
     cal = calibration_block(table["label"], raw, float(models.finalised.get("temperature", 1.0)))
     report["calibration"] = {"temperature_from_busi": cal.pop("temperature"), **cal}
     return report
+
+
+def per_image_table(table: pd.DataFrame, models: RunModels) -> pd.DataFrame:
+    """One row per scan, for reading what the pipeline said about each: image, patient, true
+    label; each variant's answer and probabilities (blank where it has none, e.g. the ground-truth
+    ceiling without a mask); the segmenter's lesion confidence and painted area; Dice and IoU
+    (lesion scans with a mask); the method's entropy and the Predictor's two flags, ``uncertain``
+    (entropy above BUSI's cutoff: refer) and ``out_of_distribution`` (score above 1)."""
+    out = table[[c for c in ("image_id", "rel_path", "patient", "label") if c in table]].rename(
+        columns={"rel_path": "image", "label": "true_label"}
+    )
+    for v in models.variants:
+        p = table[[f"{v}:{c}" for c in P]]
+        answered = p.notna().all(axis=1).to_numpy()
+        out[f"{v}:answer"] = np.where(answered, np.array(CLASSES)[p.fillna(0).to_numpy().argmax(1)], "")
+        out[list(p.columns)] = p.round(4)
+    out["method:correct"] = out[f"{METHOD}:answer"] == out["true_label"]
+    out["lesion_confidence"] = table["conf"].round(4)
+    out["pred_area"] = table["pred_area"].round(4)
+    out[["dice", "iou"]] = table[["dice", "iou"]].round(4)
+    _, ent = method_tta(table, models)
+    out["entropy"] = ent.round(4)
+    out["uncertain"] = ent > float(models.finalised["entropy_cutoff"])
+    if "ood_score" in table:
+        out["ood_score"] = table["ood_score"].round(3)
+        out["out_of_distribution"] = table["ood_score"] > 1
+    return out.reset_index(drop=True)
+
+
+def per_image_path(report: Path) -> Path:
+    """Where the per-image table of the report ``report`` goes: beside it, ``<stem>_images.csv``."""
+    return Path(report).with_name(f"{Path(report).stem}_images.csv")
 
 
 def compare_with_busi(
@@ -140,6 +177,8 @@ def summary_lines(report: dict) -> list[str]:
     """The report as a short text table (CLI, logs); a score the set does not define shows as ``-``."""
     labels = report["labels"]
     lines = [f"{report['n_images']} images, {report['n_patients']} patients, labels {labels}"]
+    if report.get("n_masks_resized"):
+        lines.append(f"{report['n_masks_resized']} masks of another size than their scan resized to it (nearest)")
     absent = [c for c in CLASSES if not labels.get(c)]
     if absent:
         lines.append(
@@ -158,6 +197,13 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive whole number")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m busi_utils.evaluation.evaluate",
@@ -167,20 +213,31 @@ def main(argv: list[str] | None = None) -> int:
         "--data", required=True, help="external set: folder or zip (BUS-UCLM layout, or images/ + labels.csv)"
     )
     ap.add_argument("--run", default=None, help="run folder (default: runs/cpu, else runs/gpu, else runs/quick)")
-    ap.add_argument("--out", default=None, help="JSON report path (written atomically)")
+    ap.add_argument(
+        "--out", default=None, help="JSON report path (written atomically; the per-image CSV goes beside it)"
+    )
     ap.add_argument(
         "--adapt", default="none", choices=ADAPTATIONS, help="label-free adaptation of the images (default none)"
     )
-    ap.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
+    ap.add_argument(
+        "--resize-masks",
+        action="store_true",
+        help="resize masks of another size than their scan (nearest; counted in the report); default: refuse them, "
+        "except in the BUS-UCLM layout, whose publishers ship 13 such masks",
+    )
+    ap.add_argument("--bootstrap", type=_positive_int, default=1000, help="patient-bootstrap resamples (default 1000)")
     args = ap.parse_args(argv)
 
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
     start = time.perf_counter()
-    try:
+    try:  # everything a user can get wrong is refused here, before a model loads
+        if args.out:
+            for path in (Path(args.out), per_image_path(Path(args.out))):
+                check_writable(path)
         root = resolve_external(args.data)
-        index = build_external_index(root, progress=True)
-    except BusiDataError as err:
+        index = build_external_index(root, progress=True, resize_masks=args.resize_masks or None)
+    except (BusiDataError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
@@ -193,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": str(args.data),
         "run": str(models.paths.root),
         "adapt": args.adapt,
+        "n_masks_resized": int(index["mask_resized"].sum()),
         **summarise(table, models, args.bootstrap),
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -203,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     if args.out:
+        images = per_image_path(Path(args.out))
+        atomic_write_text(images, per_image_table(table, models).to_csv(index=False))
         atomic_write_json(Path(args.out), report)
-        print(f"report written to {Path(args.out).resolve()}", file=sys.stderr)
+        print(f"report written to {Path(args.out).resolve()}, one row per image in {images.name}", file=sys.stderr)
     return 0
 
 

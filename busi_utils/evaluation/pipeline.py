@@ -20,6 +20,7 @@ from busi_utils.core.images import prob_to_uint8
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.data import preprocess
 from busi_utils.data.external import load_external_pair
+from busi_utils.evaluation import uncertainty
 from busi_utils.evaluation.report import P
 from busi_utils.evaluation.uncertainty import entropy
 from busi_utils.stage2 import fusion, shape
@@ -92,6 +93,7 @@ class RunModels:
         gt = crossfit.member_path(self.paths, "image+gt_mask", 0)
         self.gt_model = cls.load_classifier(gt) if gt.exists() else None
         self.metrics = read_json(self.paths.metrics_json) or {}
+        self.ood = uncertainty.load_ood(self.paths.ood_npz)  # None for a run finalised without the check
         self.seg_size = self.seg_graph.size
         self.cls_size = self.graphs["image+pred_mask"].size
 
@@ -185,8 +187,8 @@ def predict_external(
     segmented: Segmented | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per image: Dice/IoU (images with a mask), the method's answer as the Predictor computes it
-    (``method:p_*``, and ``method_raw:p_*`` before the temperature) and every other variant's
-    class probabilities. Returns ``(table, predicted lesion probabilities at the U-Net's size)``.
+    (``method:p_*``, and ``method_raw:p_*`` before the temperature), every other variant's
+    class probabilities, and the out-of-distribution score (``ood_score``, above 1: flagged). Returns ``(table, predicted lesion probabilities at the U-Net's size)``.
     ``segmented``: :func:`segment_external`'s answer for this index and adaptation, computed once
     for several sets of stage-2 members; by default computed here."""
     from busi_utils.serve.export import classify_batch  # torch, after the CLI's checks
@@ -197,7 +199,7 @@ def predict_external(
     if segmented.adapt != adapt or segmented.ids != index["image_id"].tolist():
         raise ValueError("segmented: computed for other images or another adaptation than asked")
     ids, stores, probs, size = segmented.ids, segmented.stores, segmented.probs, models.cls_size
-    table = index[["image_id", "label", "patient"]].copy()
+    table = index[["image_id", *(["rel_path"] if "rel_path" in index else []), "label", "patient"]].copy()
     table["label"] = table["label"].astype(str)
     seg_masks = stores[models.seg_size].masks
 
@@ -210,7 +212,10 @@ def predict_external(
     view_probs = {}
     for view, graph in models.graphs.items():
         x = cls.build_inputs(view, ids, store, pred_masks, size, crops)
-        view_probs[view], _ = classify_batch(graph, x)
+        view_probs[view], features = classify_batch(graph, x)
+        if view == fusion.SCAN_VIEW and models.ood is not None:  # the Predictor's check, on the same inputs
+            views = {"features": features, "scan": uncertainty.scan_statistics(x[:, 0])}
+            table["ood_score"] = uncertainty.ood_score(views, models.ood)
     conf = probs.max(axis=(1, 2))
     aspect = (index["height"] / index["width"]).to_numpy() if "height" in index else None
     features = shape.shape_matrix(list(probs), aspect)

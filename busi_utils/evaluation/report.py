@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from busi_utils.core.config import CLASSES
 from busi_utils.core import reproducible
+from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_json, read_json
 from busi_utils.core.runfolder import CLASSIFIER_SUMMARY_SCHEMA, METRICS_SCHEMA, RunPaths, validate
 from busi_utils.evaluation import metrics, uncertainty

@@ -1,20 +1,22 @@
-"""Inference for users: a :class:`Predictor` over a trained run folder, and a CLI.
+"""The command line for users: segment and classify images with a trained run folder.
 
     python -m busi_utils.serve.infer --image scan.png [--run runs/cpu] [--out DIR] [--json]
     python -m busi_utils.serve.infer --folder scans/ [--run runs/cpu] [--out DIR] [--json]
 
-Two backends compute the same thing. With the run's ONNX export (notebook 04) present and
-made from the run's current models, the Predictor runs on onnxruntime and NumPy only: this
-module imports neither torch nor fastai, so the command answers one image in a few seconds
-(`benchmarks/infer.csv`).
-Without it (or with a stale one) it says so in one line and runs the torch models.
-The pixels are those of training (:mod:`busi_utils.core.images`). Research and teaching only.
+Everything a user can get wrong is refused before a model loads, each with one line naming the
+file and the problem: an image that cannot be analysed (empty, not an image, truncated, too small,
+too large), a threshold outside (0, 1), an output folder that cannot be written, two inputs that
+would write the same outputs (``scan.png`` and ``scan.jpg``). This module imports only NumPy and
+Pillow until then, so a bad file is refused in a fraction of a second (``benchmarks/infer.csv``).
+The models are the :class:`~busi_utils.serve.predictor.Predictor`'s (re-exported here). Exit codes:
+0 done, 2 bad input or output, 3 missing or incomplete run folder. Research and teaching only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,107 +27,34 @@ from PIL import Image
 
 from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
-from busi_utils.core.errors import InputError, RunFolderError
-from busi_utils.core.files import atomic_path, read_json
-from busi_utils.core.images import prob_to_uint8, resize_pair, resize_prob, to_grayscale
-from busi_utils.core.runfolder import RunPaths, default_run, export_status  # noqa: F401  (export_status: public here too)
-from busi_utils.evaluation import uncertainty
-from busi_utils.serve.backends import OnnxBackend, TorchBackend
-from busi_utils.serve.prediction import Prediction
-from busi_utils.stage2 import fusion, shape
+from busi_utils.core.errors import InputError, OutputError, RunFolderError
+from busi_utils.core.files import atomic_path, check_writable, json_safe
+from busi_utils.core.images import to_grayscale
+from busi_utils.core.runfolder import default_run
+from busi_utils.serve.prediction import BACKENDS, Prediction
 
-BACKENDS = ("auto", "onnx", "torch")
+__all__ = [  # noqa: F822  (Predictor: loaded on first use, see __getattr__)
+    "Predictor",
+    "Prediction",
+    "InputError",
+    "OutputError",
+    "RunFolderError",
+    "main",
+]
 
-__all__ = ["Predictor", "Prediction", "InputError", "RunFolderError", "main"]
 
+def __getattr__(name: str):
+    """``Predictor`` and ``export_status`` load with the models' modules, when first asked for:
+    the command line refuses bad input before that."""
+    if name == "Predictor":
+        from busi_utils.serve.predictor import Predictor
 
-class Predictor:
-    """Segment and classify any image with a run folder's models: the fold-U-Net ensemble, then the method classifier.
+        return Predictor
+    if name == "export_status":
+        from busi_utils.core.runfolder import export_status
 
-    ``backend``: ``"auto"`` (ONNX when a current export exists, else torch), ``"onnx"`` or
-    ``"torch"``. ``notice`` receives the one-line reason when auto falls back to torch.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike, backend: str = "auto", notice=None, threads: int = 0):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}: {', '.join(BACKENDS)}")
-        paths = RunPaths(Path(run_dir).resolve())
-        if not paths.root.is_dir():
-            raise RunFolderError(f"{paths.root}: run folder not found (run `make course` first, or pass --run)")
-        summary = read_json(paths.classifier_summary)
-        if not paths.export_recipe.exists():  # without an export, the model files must be there
-            for needed in (paths.fold_unet(0), paths.classifier_summary):
-                if not needed.exists():
-                    raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
-        self.paths = paths
-        recipe, why = export_status(paths) if backend != "torch" else (None, "torch backend requested")
-        if backend == "onnx" and recipe is None:
-            raise RunFolderError(f"{paths.export_recipe}: cannot use the ONNX backend: {why}")
-        if recipe is not None:
-            self.backend = OnnxBackend(paths, recipe, threads)
-            fin, self.fusion = recipe, recipe["fusion"]
-            self.seg_size = recipe["segmenter"]["size"]
-            self.cls_size = recipe["views"][fusion.SCAN_VIEW]["size"]
-            self.views = list(recipe["views"])
-            ood_file = paths.exports / recipe["ood"]["file"]
-        else:
-            if backend == "auto" and notice is not None:
-                notice(f"note: {why}; using the torch models (slower start)")
-            if summary is None or "finalised" not in summary or "fusion" not in summary:
-                raise RunFolderError(f"{paths.classifier_summary}: missing or incomplete; run notebook 04")
-            self.backend = TorchBackend(paths)
-            fin, self.fusion = summary["finalised"], summary["fusion"]
-            self.seg_size, self.cls_size = self.backend.seg_graph.size, self.backend.graphs[fusion.SCAN_VIEW].size
-            self.views = list(self.backend.graphs)
-            ood_file = paths.ood_npz
-        self.temperature = float(fin.get("temperature", 1.0))
-        self.entropy_cutoff = float(fin.get("entropy_cutoff", np.log(len(CLASSES)) / 2))
-        self.cutoff_accuracy = fin.get("cutoff_accuracy")
-        self.ood = uncertainty.load_ood(ood_file)  # None for a run finalised without the check
-
-    @property
-    def backend_name(self) -> str:
-        return self.backend.name
-
-    def predict(self, image, threshold: float = 0.5) -> Prediction:
-        """Any image (path, bytes, PIL image or array): mask, fused and calibrated probabilities,
-        entropy, referral flag, out-of-distribution flag, and the evidence (lesion view, the
-        segmenter's confidence, shape descriptors)."""
-        gray = to_grayscale(image)
-        small = resize_pair(gray, None, self.seg_size)[0]
-        prob = self.backend.segment((small.astype(np.float32) / 255.0)[None, None])[0, 0]
-        prob = prob_to_uint8(prob).astype(np.float32) / 255.0  # as stored for training
-        scan = resize_pair(gray, None, self.cls_size)[0] / np.float32(255.0)
-        x = np.stack([scan, resize_prob(prob, self.cls_size)])[None].astype(np.float32)
-        view_probs, feats = {}, None
-        view_probs[fusion.SCAN_VIEW], feats = self.backend.classify(fusion.SCAN_VIEW, x)
-        crop = None
-        if fusion.CROP_VIEW in self.views:
-            source = resize_pair(gray, None, 2 * self.cls_size)[0] / np.float32(255.0)
-            crop = shape.lesion_crop(source, prob, self.cls_size)
-            view_probs[fusion.CROP_VIEW] = self.backend.classify(fusion.CROP_VIEW, crop[None, None])[0]
-        conf = float(prob.max())
-        probs = fusion.decide(self.fusion, view_probs, np.array([conf]), self.temperature)[0]
-        ent = float(uncertainty.entropy(probs[None])[0])
-        views = {"features": feats, "scan": uncertainty.scan_statistics(x[:, 0])}
-        score = float(uncertainty.ood_score(views, self.ood)[0]) if self.ood is not None else None
-        full = np.asarray(Image.fromarray(prob).resize(gray.shape[::-1], Image.BILINEAR), dtype=np.float32)
-        p = {c: float(probs[k]) for k, c in enumerate(CLASSES)}
-        features = shape.shape_features(prob, aspect=gray.shape[0] / gray.shape[1])
-        return Prediction(
-            full,
-            p,
-            max(p, key=p.get),
-            ent,
-            ent > self.entropy_cutoff,
-            threshold,
-            gray,
-            score,
-            bool(score is not None and score > 1),
-            crop,
-            conf,
-            shape.describe(features),
-        )
+        return export_status
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_outputs(pred: Prediction, stem: str, out_dir: Path) -> list[Path]:
@@ -146,6 +75,52 @@ def _flags(r: dict) -> str:
     return "; ".join(flags) or "-"
 
 
+def _threshold(text: str) -> float:
+    """A lesion probability strictly between 0 and 1 (``nan``, ``2`` or ``0`` would paint all or nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"{text}: must be a probability strictly between 0 and 1")
+    return value
+
+
+def input_files(image: str | None, folder: str | None) -> list[Path]:
+    """The files to analyse: the one ``image``, or every file of ``folder`` (not recursive, hidden
+    files aside). Two files whose outputs would collide (one stem, two formats) are refused by name."""
+    if image:
+        return [Path(image)]
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise InputError(
+                f"{path}: would write the same outputs as {seen[path.stem].name} ({path.stem}_mask.png); rename one"
+            )
+        seen[path.stem] = path
+    return files
+
+
+def refuse_unreadable(files: list[Path], workers: int) -> tuple[list[Path], list[str]]:
+    """Decode every file before any model loads: ``(the files that can be analysed, one message
+    per file that cannot)``."""
+
+    def check(path: Path) -> str | None:
+        try:
+            to_grayscale(path)
+        except InputError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(workers) as pool:  # Pillow decodes without the GIL
+        problems = list(pool.map(check, files))
+    return [f for f, p in zip(files, problems) if p is None], [p for p in problems if p is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m busi_utils.serve.infer",
@@ -163,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         help="where <name>_mask.png and <name>_overlay.png are written (default: ./predictions)",
     )
     ap.add_argument(
-        "--threshold", type=float, default=0.5, help="lesion probability above which a pixel is lesion (default 0.5)"
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help="lesion probability above which a pixel is lesion, strictly between 0 and 1 (default 0.5)",
     )
     ap.add_argument(
         "--backend",
@@ -171,46 +149,50 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="onnx (fast start), torch, or auto: onnx when the run has a current export",
     )
-    ap.add_argument("--json", action="store_true", help="print JSON (one object per image) instead of a table")
+    ap.add_argument("--json", action="store_true", help="print strict JSON (one object per image) instead of a table")
     args = ap.parse_args(argv)
     workers = 1 if args.image else min(4, os.cpu_count() or 1)
-    try:
-        predictor = Predictor(
-            args.run or default_run(),
-            args.backend,
-            notice=lambda msg: print(msg, file=sys.stderr),
-            threads=1 if workers > 1 else 0,
-        )
-    except RunFolderError as err:
+    try:  # everything a user can get wrong, before a model loads
+        files, failed = refuse_unreadable(input_files(args.image, args.folder), workers)
+        if args.image and failed:
+            raise InputError(failed[0])
+        check_writable(args.out, folder=True)
+    except (InputError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 3
-    if args.image:
-        files = [Path(args.image)]
-    else:
-        folder = Path(args.folder)
-        if not folder.is_dir():
-            print(f"error: {folder}: not a folder", file=sys.stderr)
-            return 2
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return 2
+    results = []
+    if files:
+        from busi_utils.serve.predictor import Predictor  # the models' modules, after the checks
 
-    def analyse(path: Path) -> dict | str:
         try:
-            pred = predictor.predict(path, args.threshold)
-        except InputError as err:
-            return str(err)
-        write_outputs(pred, path.stem, Path(args.out))
-        return {"image": str(path), **pred.to_json()}
+            predictor = Predictor(
+                args.run or default_run(),
+                args.backend,
+                notice=lambda msg: print(msg, file=sys.stderr),
+                threads=1 if workers > 1 else 0,
+            )
+        except RunFolderError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
 
-    with ThreadPoolExecutor(workers) as pool:  # decoding, inference and PNG writing release the GIL
-        outcomes = list(_progress(pool.map(analyse, files), bool(args.folder), len(files)))
-    results = [o for o in outcomes if isinstance(o, dict)]
-    failed = [o for o in outcomes if isinstance(o, str)]
+        def analyse(path: Path) -> dict | str:
+            try:
+                pred = predictor.predict(path, args.threshold)
+            except InputError as err:  # a file changed since it was checked
+                return str(err)
+            write_outputs(pred, path.stem, Path(args.out))
+            return {"image": str(path), **pred.to_json()}
+
+        with ThreadPoolExecutor(workers) as pool:  # decoding, inference and PNG writing release the GIL
+            outcomes = list(_progress(pool.map(analyse, files), bool(args.folder), len(files)))
+        results = [o for o in outcomes if isinstance(o, dict)]
+        failed += [o for o in outcomes if isinstance(o, str)]
     if args.image and failed:
         print(f"error: {failed[0]}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(results if args.folder else results[0], indent=1))
-    else:
+        print(json.dumps(json_safe(results if args.folder else results[0]), indent=1, allow_nan=False))
+    elif results:
         print(f"{'image':40s} {'label':10s} " + " ".join(f"{c:>9s}" for c in CLASSES) + "  flags")
         for r in results:
             print(

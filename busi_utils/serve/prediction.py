@@ -10,6 +10,8 @@ import numpy as np
 from busi_utils import DISCLAIMER
 from busi_utils.core.images import overlay_uint8
 
+BACKENDS = ("auto", "onnx", "torch")  # the Predictor's engines: ONNX when a current export exists, else torch
+
 
 @dataclass
 class Prediction:
