@@ -207,6 +207,16 @@ def test_evaluate_cli_reports_and_fails_cleanly(quick_paths, tmp_path, ext_root)
         "image+gt_mask",
     }
     assert "method" in ok.stdout and not re.search(r"\bnan\b", ok.stdout.lower())  # nothing undefined is printed
+    images = pd.read_csv(evaluate.per_image_path(out))
+    assert len(images) == 32 and images["image"].str.startswith("images/").all()
+    assert {"patient", "true_label", "method:answer", "method:p_malignant", "lesion_confidence", "dice"} <= set(images)
+    assert {"uncertain", "out_of_distribution", "ood_score", "image_only:answer"} <= set(images)
+    right = (images["method:answer"] == images["true_label"]).mean()
+    assert right == pytest.approx(report["variants"]["method"]["accuracy"])  # the table is what the report scored
+    lesions = images.dropna(subset=["dice"])
+    assert len(lesions) == report["n_lesion_masks"] and lesions["dice"].mean() == pytest.approx(
+        report["dice_mean"], abs=1e-4
+    )
     bad = _cli("--data", str(tmp_path / "nowhere"), "--run", str(quick_paths.root))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
     no_run = _cli("--data", str(ext_root), "--run", str(tmp_path / "no_run"))

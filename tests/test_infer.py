@@ -281,3 +281,16 @@ def test_out_of_distribution_inputs_are_flagged_but_answered(quick_paths, predic
         assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5) and p.mask.ndim == 2
         if real and unfamiliar:
             assert p.out_of_distribution, p.ood_score
+
+
+def test_real_test_scans_are_rarely_called_unfamiliar(quick_paths, predictor):
+    """The false-alarm side of the check: on the quick run's test scans (never seen in training or
+    in fitting the thresholds) few are flagged, in metrics.json and by the Predictor alike. The
+    bound is loose (small validation set, two views at 1% each); a check that flags one scan in
+    five has stopped meaning anything."""
+    flagged = json.loads(quick_paths.metrics_json.read_text())["ood"]["flagged_test_fraction"]
+    assert flagged <= 0.2, flagged
+    index = data.read_index(quick_paths.index_csv).set_index("image_id")
+    test_ids = quick_paths.read_split().query("split == 'test'")["image_id"].head(10)
+    answers = [predictor.predict(index.loc[i, "image_path"]).out_of_distribution for i in test_ids]
+    assert sum(answers) <= 3, answers

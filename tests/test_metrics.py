@@ -136,3 +136,32 @@ def test_benchmark_verdict_names_the_profiles_candidate_and_the_spread():
     assert "within one SD" in text  # a gap of 0.02 against an SD of 0.03
     assert "beyond" in benchmark.verdict(table.assign(valid_dice_sd=[0.005, 0.005]), {"arch": "light", "size": 96})
     assert "not among" in benchmark.verdict(table, {"arch": "light", "size": 128})
+
+
+def test_ood_thresholds_are_the_validation_quantile_and_flag_what_they_promise():
+    """On drawn Gaussian features (two views, as the Predictor's): each view's threshold is the 99%
+    quantile of the validation distances, so about 1% of new in-distribution samples pass it per
+    view (about 2% flagged by either); every sample shifted by 4 SD in either view is flagged."""
+    from busi_utils.evaluation import uncertainty
+
+    rng = np.random.default_rng(0)
+    dims = {"features": 16, "scan": 8}
+
+    def draw(n, shift=0.0):
+        return {v: rng.normal(shift, 1.0, (n, d)).astype(np.float32) for v, d in dims.items()}
+
+    train, valid, new = draw(4000), draw(4000), draw(20000)
+    ood = uncertainty.fit_ood(train, valid, 0.99)
+    for v in dims:
+        density = {"mean": ood[f"{v}_mean"], "precision": ood[f"{v}_precision"]}
+        assert ood[f"{v}_threshold"] == pytest.approx(np.quantile(uncertainty.ood_distance(valid[v], density), 0.99))
+        per_view = (uncertainty.ood_distance(new[v], density) > ood[f"{v}_threshold"]).mean()
+        assert 0.005 < per_view < 0.02, (v, per_view)
+    flagged = (uncertainty.ood_score(new, ood) > 1).mean()
+    assert 0.01 < flagged < 0.035
+    for v in dims:  # a shift in one view alone is enough
+        shifted = dict(new, **{v: draw(500, shift=4.0)[v]})
+        shifted = {k: x[:500] for k, x in shifted.items()}
+        assert (uncertainty.ood_score(shifted, ood) > 1).all(), v
+    loose = uncertainty.fit_ood(train, valid, 0.5)  # the control: another quantile, another promise
+    assert 0.6 < (uncertainty.ood_score(new, loose) > 1).mean() < 0.9

@@ -85,3 +85,41 @@ def test_the_seed_spread_table_shows_the_external_columns_only_when_every_seed_h
     assert "external macro-F1" not in text and "external benign-vs-malignant AUC" in text
     head, rule = text.splitlines()[2:4]
     assert head.count("|") == rule.count("|") == 9
+
+
+def _results_table_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _block(text: str, name: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    return text[text.index(start) + len(start) : text.index(end)].strip("\n")
+
+
+def test_the_readme_blocks_are_what_the_committed_tables_render(tmp_path):
+    """Every README block that scripts/results_table.py writes from a committed CSV says what that
+    CSV renders today: a table edited by hand, or a CSV changed without re-rendering, fails."""
+    rt = _results_table_module()
+    root = config.repo_root()
+    readme = (root / "README.md").read_text()
+    bench = root / "benchmarks"
+    renders = {
+        "seg-benchmark": lambda d: rt.seg_benchmark_table(d / "segmentation.csv"),
+        "cls-benchmark": lambda d: rt.cls_benchmark_table(d / "classifier.csv"),
+        "seed-spread": lambda d: rt.seed_spread_table(d / "seed_spread.csv", "cpu"),
+    }
+    for name, render in renders.items():
+        assert _block(readme, name) == render(bench).strip("\n"), f"README block {name} differs from its CSV"
+    changed = tmp_path / "benchmarks"  # the control: one number changed in a copy is seen
+    changed.mkdir()
+    import pandas as pd
+
+    seg = pd.read_csv(bench / "segmentation.csv")
+    seg.loc[0, "valid_dice_mean"] = seg.loc[0, "valid_dice_mean"] + 0.1
+    seg.to_csv(changed / "segmentation.csv", index=False)
+    assert _block(readme, "seg-benchmark") != renders["seg-benchmark"](changed).strip("\n")

@@ -298,3 +298,22 @@ def test_the_headline_is_the_fused_calibrated_ensemble_the_predictor_ships(quick
         answer = predictor.predict(index.loc[tt["image_id"].iloc[k], "image_path"])
         got = np.array([answer.probabilities[c] for c in CLASSES])
         assert np.allclose(got, shipped[k], atol=1e-4), (k, got, shipped[k])
+
+
+def test_the_shipped_temperature_is_the_out_of_fold_one_and_not_the_test_split_s(quick_vd):
+    """Recomputed from the out-of-fold table, the temperature equals the one the run ships (and
+    the Predictor applies); fitted on the test split instead, it would differ: the check can see
+    where a temperature came from."""
+    from busi_utils.serve import export
+
+    vd, _ = quick_vd
+    summary = json.loads(vd.paths.classifier_summary.read_text())
+    shipped = summary["finalised"]["temperature"]
+    oof, fused = export.oof_fused(vd, summary)
+    assert not set(oof["image_id"]) & set(vd.split.query("split == 'test'")["image_id"])
+    assert uncertainty.fit_temperature(oof["label"], fused) == pytest.approx(shipped, rel=1e-9)
+    tt = crossfit.test_table(vd, summary["views"], summary["members"])
+    by_view = {v: crossfit.view_matrix(tt, v) for v in summary["views"]}
+    scan, crop = by_view[fusion.SCAN_VIEW], by_view.get(fusion.CROP_VIEW, by_view[fusion.SCAN_VIEW])
+    raw = fusion.fuse(summary["fusion"], scan, crop, tt["conf"].to_numpy())
+    assert abs(uncertainty.fit_temperature(tt["label"], raw) - shipped) > 1e-3

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from busi_utils.core.errors import OutputError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -39,8 +41,6 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     """Refuse, before any work is done, an output that cannot be written: the file ``path`` (or
     the folder, when ``folder``) is created as needed, and a probe file written and removed in
     it. Raises :class:`~busi_utils.core.errors.OutputError` naming the path and the reason."""
-    from busi_utils.core.errors import OutputError
-
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise OutputError(

@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 from collections.abc import MutableMapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 __all__ = ["ENV_SWITCH", "PINS", "THREADS", "describe", "enabled", "pin_environment", "supports_pinned_isa"]
@@ -94,8 +95,6 @@ def _cpu_model() -> str:
 
 
 def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -108,7 +107,7 @@ def describe() -> dict:
     import torch  # loaded where used: callers have torch already
 
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # scikit-learn's: loaded where used, like torch
 
         blas = sorted({f"{p.get('internal_api')}:{p.get('architecture')}" for p in threadpool_info()})
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl

@@ -55,6 +55,7 @@ __all__ = [  # this module's own names, and those it gathers from pipeline (chap
     "metrics_by_flag",
     "per_image_table",
     "per_image_path",
+    "write_per_image",
     "predict_external",
     "RunModels",
     "summarise",
@@ -119,6 +120,12 @@ def per_image_table(table: pd.DataFrame, models: RunModels) -> pd.DataFrame:
         out["ood_score"] = table["ood_score"].round(3)
         out["out_of_distribution"] = table["ood_score"] > 1
     return out.reset_index(drop=True)
+
+
+def write_per_image(table: pd.DataFrame, path: Path) -> Path:
+    """Write :func:`per_image_table`'s answer as CSV, atomically (never half a table)."""
+    atomic_write_text(path, table.to_csv(index=False))
+    return Path(path)
 
 
 def per_image_path(report: Path) -> Path:
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.out:
         images = per_image_path(Path(args.out))
-        atomic_write_text(images, per_image_table(table, models).to_csv(index=False))
+        write_per_image(per_image_table(table, models), images)
         atomic_write_json(Path(args.out), report)
         print(f"report written to {Path(args.out).resolve()}, one row per image in {images.name}", file=sys.stderr)
     return 0

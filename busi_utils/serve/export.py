@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -56,6 +57,7 @@ __all__ = [  # this module's own names, and those it gathers from graphs and tta
     "model_files",
     "models_fingerprint",
     "OOD_QUANTILE",
+    "oof_fused",
     "OPSET",
     "sample_view",
     "SegmenterGraph",
@@ -82,13 +84,10 @@ def models_fingerprint(paths: RunPaths, summary: dict) -> str:
     return h.hexdigest()
 
 
-def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
-    """Temperature and referral cutoff from the fused out-of-fold probabilities of the training
-    pool (every part fitted without the image it scores: :func:`busi_utils.stage2.fusion.cross_validated`),
-    and the out-of-distribution density from the training and validation inputs; saved into
-    ``classifier_summary.json`` under ``finalised`` and to ``exports/ood.npz``. The test split
-    stays untouched. Returns the ``finalised`` entry."""
-    _, graphs, summary = load_graphs(paths, tta_views)
+def oof_fused(vd, summary: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """The training pool's out-of-fold table and its fused probabilities, every part fitted
+    without the image it scores (:func:`busi_utils.stage2.fusion.cross_validated`): what the
+    temperature and the referral cutoff are fitted on, never the test split."""
     oof = crossfit.oof_table(vd, summary["views"], summary["members"])
     views = {v: crossfit.view_matrix(oof, v) for v in summary["views"]}
     y = np.array([CLASSES.index(c) for c in oof["label"]])
@@ -96,6 +95,17 @@ def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
         summary["fusion"]["kind"], y, oof["fold"].to_numpy(), views[fusion.SCAN_VIEW],
         views.get(fusion.CROP_VIEW, views[fusion.SCAN_VIEW]), oof["conf"].to_numpy(),
     )  # fmt: skip
+    return oof, cv
+
+
+def calibrate(paths: RunPaths, vd, tta_views: int) -> dict:
+    """Temperature and referral cutoff from the fused out-of-fold probabilities of the training
+    pool (every part fitted without the image it scores: :func:`busi_utils.stage2.fusion.cross_validated`),
+    and the out-of-distribution density from the training and validation inputs; saved into
+    ``classifier_summary.json`` under ``finalised`` and to ``exports/ood.npz``. The test split
+    stays untouched. Returns the ``finalised`` entry."""
+    _, graphs, summary = load_graphs(paths, tta_views)
+    oof, cv = oof_fused(vd, summary)
     temperature = uncertainty.fit_temperature(oof["label"], cv)
     calibrated = uncertainty.apply_temperature(cv, temperature)
     earned = uncertainty.earned_cutoff(oof["label"], calibrated, CUTOFF_ACCURACY)

@@ -47,11 +47,11 @@ def __getattr__(name: str):
     """``Predictor`` and ``export_status`` load with the models' modules, when first asked for:
     the command line refuses bad input before that."""
     if name == "Predictor":
-        from busi_utils.serve.predictor import Predictor
+        from busi_utils.serve.predictor import Predictor  # the models' modules: loaded on first use
 
         return Predictor
     if name == "export_status":
-        from busi_utils.core.runfolder import export_status
+        from busi_utils.core.runfolder import export_status  # re-exported for older callers
 
         return export_status
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
