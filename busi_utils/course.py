@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from busi_utils.core.config import PROFILES, repo_root
-from busi_utils.core.files import atomic_write_json, file_sha256, read_json
+from busi_utils.core.files import atomic_write_json, file_sha256, read_json, remove_stale_temporaries
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.evaluation.report import read_timing, timing_block
 
@@ -87,7 +87,9 @@ def run_course(
     """Execute the notebooks (or those whose number is in ``only``) and return ``timing.json``'s
     content. ``progress``: papermill's progress bar over each notebook's cells. ``cell_timeout``:
     seconds after which a cell that has not finished fails the run (the tests' guard against a
-    hang; none by default, since a full cell on a slow laptop may legitimately take long)."""
+    hang; none by default, since a full cell on a slow laptop may legitimately take long).
+    Reproducible mode (:mod:`busi_utils.core.reproducible`) was set when ``busi_utils`` was
+    imported: every kernel started here inherits its pins."""
     import papermill as pm  # papermill: loaded where used (slow import)
 
     paths = RunPaths.for_profile(profile, run_dir)
@@ -102,6 +104,9 @@ def run_course(
         if only and nb.name[:2] not in only:
             continue
         print(f"▶ {nb.name} ({profile})", flush=True)
+        stale = remove_stale_temporaries(paths.root)  # an earlier run killed mid-write left these
+        if stale:
+            print(f"  removed {len(stale)} temporary file(s) an interrupted run left", flush=True)
         before = products_fingerprint(paths)
         start = time.perf_counter()
         declared = pm.inspect_notebook(str(nb))  # pass only what the notebook's parameters cell declares

@@ -136,12 +136,22 @@ def fmt(value: float, ci: list[float] | None = None) -> str:
     return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
 
 
+def machine_line(m: dict, machine: str) -> str:
+    """The machine as ``metrics.json`` recorded it (CPU, instruction set, threads, reproducible mode),
+    else the ``--machine`` text."""
+    rec = m.get("machine")
+    if not rec:
+        return machine
+    mode = "reproducible mode" if rec["reproducible"] else "reproducible mode off"
+    return f"{rec['cpu']} ({rec['cpus']} cores), {mode}: {rec['isa_in_use']}, {rec['threads']} threads, no GPU"
+
+
 def table(m: dict, when: str, machine: str) -> str:
     seg = m["segmentation"]
     lines = [
         f"Run: profile `{m['profile']}`, seed {m['seed']}, data `{m['data']['kind']}` (hash {m['data'].get('dataset_hash', '?')}), "
-        f"{when}, {machine}; whole course {m['timing']['course_seconds'] / 60:.0f} min. Test split: {m['split']['test']} images, "
-        "touched once. 95% bootstrap intervals in brackets.",
+        f"{when}, {machine_line(m, machine)}; whole course {m['timing']['course_seconds'] / 60:.0f} min. "
+        f"Test split: {m['split']['test']} images, touched once. 95% bootstrap intervals in brackets.",
         "",
         f"**Segmentation** (test lesion images, mean of the {len(seg.get('members_dice', [])) or 'K'} fold U-Nets): "
         f"Dice {fmt(seg['dice_mean'], seg['dice_ci95'])}, IoU {seg['iou_mean']:.3f}"

@@ -51,3 +51,27 @@ def test_resuming_a_finished_quick_run_keeps_the_course_seconds(quick_paths, tmp
     # a product that changes makes the run count as computing (the fingerprint sees it)
     (run.preds / "extra.csv").write_text("x\n")
     assert course.products_fingerprint(run) != fingerprint
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_a_live_writer_s_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from busi_utils.core.files import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / "models").mkdir()
+    stale = [tmp_path / "models" / f".unet_fold1.tmp{pid}.pt", tmp_path / f".unet_fold1.time.tmp{pid}.json"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (tmp_path / f".folder.tmp{pid}").mkdir()  # atomic_path writes folders too
+    live = tmp_path / "models" / f".classifier.tmp{os.getpid()}.pt"
+    live.write_bytes(b"being written")
+    kept = [tmp_path / ".hidden", tmp_path / "models" / "notes.tmp1.txt"]  # not atomic_path's names
+    for p in kept:
+        p.write_bytes(b"x")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([*stale, tmp_path / f".folder.tmp{pid}"])
+    assert live.exists() and all(p.exists() for p in kept) and not any(p.exists() for p in stale)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,32 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     return path
 
 
+_TEMP_NAME = re.compile(r"\..+\.tmp(\d+)(\.[A-Za-z0-9]+)?")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Remove what :func:`atomic_path` left behind when its process was killed (SIGKILL, power
+    loss: no ``finally`` runs): temporary files and folders under ``root`` whose writer is no
+    longer running. A live writer's are kept. Returns what was removed."""
+    removed = []
+    for path in sorted(Path(root).rglob(".*.tmp*")):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))) and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -101,21 +128,37 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+WALL_CLOCK_KEYS = ("train_seconds", "seconds_per_epoch")  # how long training took: a log, not part of the model
+
+
+def timing_path(path: str | os.PathLike) -> Path:
+    """Where a checkpoint's wall-clock times live: ``<name>.time.json`` beside ``<name>.pt``."""
+    return Path(path).with_suffix(".time.json")
+
+
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, info: dict) -> None:
     """Weights plus the recipe that rebuilds and audits the model, written atomically:
-    a portable export (no pickled code), so loading needs only this package."""
+    a portable export (no pickled code), so loading needs only this package.
+
+    The training times in ``info`` go to a file of their own (:func:`timing_path`), written first,
+    so that the checkpoint's bytes depend on the model alone: the same inputs and seed give the
+    same file (and the same fingerprint in an export), in a resumed run as in an uninterrupted one."""
     import torch  # light CLI path: loaded when used
 
+    times = {k: info[k] for k in WALL_CLOCK_KEYS if k in info}
+    if times:
+        atomic_write_json(timing_path(path), times)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state_dict, "info": info}, tmp)
+        torch.save({"state_dict": state_dict, "info": {k: v for k, v in info.items() if k not in times}}, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint`."""
+    """``(state_dict, info)`` of a checkpoint written by :func:`save_checkpoint`, its training
+    times merged back into ``info`` when they were recorded."""
     import torch  # light CLI path: loaded when used
 
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return ckpt["state_dict"], ckpt["info"]
+    return ckpt["state_dict"], {**ckpt["info"], **read_json(timing_path(path), {})}
 
 
 def cached_csv(path: str | os.PathLike, make):

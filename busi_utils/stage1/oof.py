@@ -123,8 +123,8 @@ def _fold_record(fold: int, info: dict, n_predicted: int, trained_now: bool) -> 
     return {
         "fold": fold,
         "trained_now": trained_now,
-        "seconds": info["train_seconds"],
-        "seconds_per_epoch": info["seconds_per_epoch"],
+        "seconds": info.get("train_seconds"),  # None for a model copied without its .time.json
+        "seconds_per_epoch": info.get("seconds_per_epoch"),
         "n_train": len(info["train_ids"]),
         "n_predicted": n_predicted,
         "held_out_dice_last_epoch": info.get("last_valid_dice"),
