@@ -148,8 +148,9 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, info: dict) -> No
     times = {k: info[k] for k in WALL_CLOCK_KEYS if k in info}
     if times:
         atomic_write_json(timing_path(path), times)
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state_dict, "info": {k: v for k, v in info.items() if k not in times}}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: torch names the archive's
+        # root after a path it is given, and the temporary name carries the process id
+        torch.save({"state_dict": state_dict, "info": {k: v for k, v in info.items() if k not in times}}, fh)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
