@@ -11,7 +11,7 @@ VENV    ?= .venv
 PROFILE ?= cpu
 SEED    ?= 42
 APP_PORT ?= 8866
-REPRODUCIBLE ?= 1
+REPRODUCIBLE ?= $(or $(BUSI_REPRODUCIBLE),1)
 export BUSI_REPRODUCIBLE = $(REPRODUCIBLE)
 BIN      = $(VENV)/bin
 
@@ -45,7 +45,7 @@ app: env
 	$(BIN)/python -m busi_utils.serve.webapp --port $(APP_PORT)
 
 lab: env
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m busi_utils.core.pinned $(BIN)/jupyter lab notebooks/
 
 clean-runs:
 	rm -rf runs/

@@ -136,14 +136,15 @@ def fmt(value: float, ci: list[float] | None = None) -> str:
     return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
 
 
-def machine_line(m: dict, machine: str) -> str:
-    """The machine as ``metrics.json`` recorded it (CPU, instruction set, threads, reproducible mode),
-    else the ``--machine`` text."""
+def machine_line(m: dict, machine: str | None) -> str:
+    """``--machine`` when given, else the machine as ``metrics.json`` recorded it (CPU, GPU,
+    instruction set, threads, reproducible mode), else what this Python sees."""
     rec = m.get("machine")
-    if not rec:
-        return machine
+    if machine or not rec:
+        return machine or f"{platform.machine()}, {os.cpu_count()} CPU cores"
     mode = "reproducible mode" if rec["reproducible"] else "reproducible mode off"
-    return f"{rec['cpu']} ({rec['cpus']} cores), {mode}: {rec['isa_in_use']}, {rec['threads']} threads, no GPU"
+    gpu = f"GPU {rec['gpu']}" if rec.get("gpu") else "no GPU"
+    return f"{rec['cpu']} ({rec['cpus']} cores), {gpu}, {mode}: {rec['isa_in_use']}, {rec['threads']} threads"
 
 
 def table(m: dict, when: str, machine: str) -> str:
@@ -259,7 +260,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("metrics", type=Path)
     ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parent.parent / "README.md")
-    ap.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU")
+    ap.add_argument("--machine", default=None, help="describe the machine (default: as metrics.json records it)")
     args = ap.parse_args()
     if not args.metrics.exists():
         print(f"{args.metrics}: not found (run the course first)", file=sys.stderr)

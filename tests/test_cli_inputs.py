@@ -89,10 +89,11 @@ def test_an_output_that_cannot_be_written_is_named(scan, tmp_path):
 def test_two_inputs_with_one_stem_are_refused_by_name(scan, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    Image.open(scan).save(folder / "case.png")
-    Image.open(scan).save(folder / "case.jpg")
+    Image.open(scan).save(folder / "Case.png")
+    Image.open(scan).save(folder / "case.jpg")  # one output name where file names ignore case
+    (folder / "other.txt").write_text("notes")  # unreadable: listed as such, no clash with anything
     r = cli("--folder", folder, "--run", tmp_path / "no_run", "--out", tmp_path / "out")
-    assert r.returncode == 2 and "case.png" in r.stderr and "case.jpg" in r.stderr and "rename" in r.stderr
+    assert r.returncode == 2 and "Case.png" in r.stderr and "case.jpg" in r.stderr and "rename" in r.stderr
     (folder / "case.jpg").rename(folder / "other.jpg")  # the control: distinct stems go on to the models
     assert cli("--folder", folder, "--run", tmp_path / "no_run", "--out", tmp_path / "out").returncode == 3
 

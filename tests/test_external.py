@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import png_header_only
 from PIL import Image
 
 from busi_utils.core.errors import DuplicateEntryError, LabelsFileError, LayoutError, MaskError
@@ -119,6 +120,9 @@ def _latin1(root: Path) -> None:
     [
         (lambda r: (r / "labels.csv").write_bytes(b""), LabelsFileError, r"labels\.csv: empty file"),
         (lambda r: (r / "labels.csv").write_text("image,label,patient\n"), LabelsFileError, "a header but no rows"),
+        (lambda r: (r / "labels.csv").write_bytes(b"\xef\xbb\xbf\n"), LabelsFileError, "only a byte-order mark or blank lines"),
+        (lambda r: (r / "labels.csv").write_text("\n" + (r / "labels.csv").read_text()), LabelsFileError, "blank lines before the header"),
+        (lambda r: png_header_only(_first(r, "masks"), 20000, 20000), MaskError, "mask too large to decode"),
         (_latin1, LabelsFileError, r"labels\.csv: line 4: not UTF-8 text \(byte 0xf4\)"),
         (lambda r: (r / "labels.csv").write_text("image,diagnosis\nx.png,benign\n"), LabelsFileError, "needs the columns image, label"),
         (lambda r: (r / "labels.csv").write_text((r / "labels.csv").read_text() + "a,b,c,d\n"), LabelsFileError, "line 34: more fields"),
@@ -133,7 +137,7 @@ def _latin1(root: Path) -> None:
         (lambda r: _first(r, "masks").write_bytes(b""), MaskError, "empty file"),
         (lambda r: _first(r, "masks").write_bytes(_first(r, "masks").read_bytes()[:80]), MaskError, "unreadable or truncated mask"),
         (lambda r: _first(r, "masks").write_text("not a mask"), MaskError, "not a readable mask"),
-        (lambda r: _blank_mask(_first(r, "masks", "malignant"), lesion=False), MaskError, r"no lesion pixel, but labels\.csv line \d+ labels the scan malignant"),
+        (lambda r: _blank_mask(_first(r, "masks", "malignant"), lesion=False), MaskError, r"no lesion pixel \(.*\), but labels\.csv line \d+ labels the scan malignant"),
         (lambda r: _blank_mask(_first(r, "masks", "normal"), lesion=True), MaskError, "lesion pixels on a scan that labels.csv line"),
     ],
 )  # fmt: skip
@@ -358,3 +362,10 @@ def test_a_seed_study_answers_with_the_seed_s_own_members(quick_paths, tmp_path)
     assert np.allclose(again[cols].to_numpy(), run_answer[cols].to_numpy(), atol=1e-6)  # the run's models untouched
     with pytest.raises(RunFolderError, match="seed tag 8"):
         models.with_members(8, fusion, temperature)  # no members saved under that tag
+
+
+def test_a_cached_synthetic_set_of_an_older_generator_is_rebuilt(tmp_path):
+    root = synthetic.make_synthetic_external(tmp_path / "set", layout="bus_uclm")
+    (root / ".complete").write_text("ok\n")  # what the first generator wrote
+    (root / "masks" / sorted(p.name for p in (root / "masks").iterdir())[0]).write_bytes(b"")
+    assert len(external.build_external_index(synthetic.make_synthetic_external(root, layout="bus_uclm"), False)) == 32

@@ -27,8 +27,9 @@ def _train(tmp_path: Path, **env: str) -> dict:
     out = tmp_path / "hashes.json"
     inherited = {k: v for k, v in os.environ.items() if k not in reproducible.PINS}  # the child pins (or not) itself
     full = {**inherited, "BUSI_CACHE": str(tmp_path / "cache"), **env}
-    subprocess.run([sys.executable, str(HERE / "golden_train.py"), "--out", str(out)], env=full, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    done = subprocess.run([sys.executable, str(HERE / "golden_train.py"), "--out", str(out)], env=full,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
 
@@ -61,3 +62,12 @@ def test_the_switch_and_the_pins(monkeypatch):
     env[reproducible.ENV_SWITCH] = "1"
     assert reproducible.pin_environment(env) == reproducible.PINS
     assert env["OMP_NUM_THREADS"] == str(reproducible.THREADS)  # on: a global setting does not win silently
+
+
+@pytest.mark.parametrize("first, honest", [("import busi_utils, torch", True), ("import torch, busi_utils", False)])
+def test_describe_says_whether_the_pins_came_before_torch(first, honest):
+    """A kernel that imported torch before busi_utils (and inherited no pins) is not called reproducible."""
+    code = f"{first}\nfrom busi_utils.core import reproducible\nprint(reproducible.describe()['reproducible'])"
+    env = {k: v for k, v in os.environ.items() if k not in reproducible.PINS}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == str(honest), done.stderr[-2000:]

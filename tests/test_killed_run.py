@@ -100,6 +100,7 @@ def reference(quick_paths):
     return quick_paths.root, written
 
 
+@pytest.mark.timeout(2400)  # a partial run, then a full one, of a quick-profile notebook
 @pytest.mark.parametrize("number", ["03", "04"])
 def test_a_killed_notebook_resumes_to_the_same_products(reference, tmp_path, number):
     ref_root, written = reference

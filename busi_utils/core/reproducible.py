@@ -15,10 +15,14 @@ to what every x86-64 laptop of the last decade has, before torch loads:
 * ``OMP_NUM_THREADS=2`` and ``MKL_NUM_THREADS=2``: two threads, whatever the cores.
 
 A machine with AVX-512 then computes what an AVX2 machine computes; a machine with more cores
-gives up speed for the book's numbers. What it does not pin: NumPy/SciPy's OpenBLAS kernel
-(:func:`describe` records it), the GPU, and other library versions (``requirements.txt`` pins
-those). Set it before torch is imported: :mod:`busi_utils` does so when imported, the course
-runner for every notebook's kernel, the test session in ``tests/conftest.py``.
+gives up speed for the book's numbers. The processor's AVX2 is read from Linux's
+``/proc/cpuinfo``: elsewhere (macOS, Windows, Arm) nothing is pinned, and :func:`describe` says
+so. What it does not pin: NumPy/SciPy's OpenBLAS kernel (:func:`describe` records it), the GPU,
+and other library versions (``requirements.txt`` pins those). Set it before torch is imported: :mod:`busi_utils` does so when imported, the course
+runner for every notebook's kernel, the test session in ``tests/conftest.py``, and ``make lab``
+for JupyterLab's kernels (``python -m busi_utils.core.pinned COMMAND ...`` runs any command with
+the pins set). A kernel that imports torch before ``busi_utils`` (chapter 2 imports fastai
+first) gets the pins only from one of those; :func:`describe` reports what it really got.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 __all__ = ["ENV_SWITCH", "PINS", "THREADS", "describe", "enabled", "pin_environment", "supports_pinned_isa"]
+
+_pinned_after_torch = False  # set when the pins came after torch was imported (too late for the ISA)
 
 ENV_SWITCH = "BUSI_REPRODUCIBLE"
 THREADS = 2
@@ -78,8 +84,11 @@ def pin_environment(environ: MutableMapping[str, str] | None = None) -> dict[str
     environ = os.environ if environ is None else environ
     if not enabled(environ) or not supports_pinned_isa():
         return {}
+    already = environ is os.environ and all(environ.get(k) == v for k, v in PINS.items())
     environ.update(PINS)
-    if environ is os.environ and "torch" in sys.modules:  # too late for the ISA; the threads still follow
+    if environ is os.environ and "torch" in sys.modules and not already:  # too late for the ISA; threads follow
+        global _pinned_after_torch
+        _pinned_after_torch = True
         sys.modules["torch"].set_num_threads(THREADS)
     return dict(PINS)
 
@@ -112,13 +121,21 @@ def describe() -> dict:
         blas = sorted({f"{p.get('internal_api')}:{p.get('architecture')}" for p in threadpool_info()})
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
         blas = []
+    isa, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
     return {
-        "reproducible": enabled() and supports_pinned_isa(),
+        # on only when the pins are what torch really uses: set before it loaded, AVX2, two threads
+        "reproducible": enabled()
+        and supports_pinned_isa()
+        and not _pinned_after_torch
+        and isa == "AVX2"
+        and threads == THREADS,
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "isa_in_use": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "isa_in_use": isa,
+        "threads": threads,
         "pins": {k: os.environ.get(k) for k in PINS if os.environ.get(k)},
+        "pinned_after_torch": _pinned_after_torch,
         "blas": blas,
         "versions": {
             p: _version(p)

@@ -34,7 +34,11 @@ def read_label_table(path: Path) -> list[tuple[int, dict]]:
         raise LabelsFileError(
             path, f"line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save it as UTF-8, with or without a BOM"
         ) from None
-    header = text.lstrip().splitlines()[0]
+    if not text.strip():
+        raise LabelsFileError(path, "empty file (only a byte-order mark or blank lines; expected a header line)")
+    header = next(line for line in text.splitlines() if line.strip())
+    if header != text.splitlines()[0]:
+        raise LabelsFileError(path, "blank lines before the header: the first line must name the columns")
     reader = csv.DictReader(io.StringIO(text), delimiter=";" if header.count(";") > header.count(",") else ",")
     rows = []
     for row in reader:
@@ -146,6 +150,10 @@ def open_checked(path: Path, what: str = "image") -> tuple[str, Image.Image]:
         img.load()
     except UnidentifiedImageError:
         raise error(path, f"not a readable {what} (unrecognised format)") from None
+    except Image.DecompressionBombError:
+        raise error(
+            path, f"{what} too large to decode (its header claims over {Image.MAX_IMAGE_PIXELS * 2} pixels)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise error(path, f"unreadable or truncated {what} ({err})") from None
     return hashlib.sha256(raw).hexdigest(), img
@@ -178,7 +186,7 @@ def check_mask(mask: Path, scan: Path, size: tuple[int, int], label: str, line: 
     if lesion != (label != "normal"):
         raise MaskError(
             mask,
-            f"no lesion pixel, but {line} labels the scan {label}"
+            f"no lesion pixel (lesion = any channel at least 128; a mask of 0/1 values?), but {line} labels the scan {label}"
             if not lesion
             else f"lesion pixels on a scan that {line} labels normal",
         )

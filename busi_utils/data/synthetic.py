@@ -158,6 +158,9 @@ def _add_quirks(root: Path, saved: dict, counts: dict, rng: np.random.Generator)
     Image.fromarray(arr).save(path)
 
 
+EXTERNAL_VERSION = "2"  # bump when the generator changes: a cached set of another version is rebuilt
+
+
 def make_synthetic_external(
     root: os.PathLike | str, layout: str = "generic", seed: int = 7, n_patients: int = 8, per_patient: int = 4
 ) -> Path:
@@ -166,7 +169,7 @@ def make_synthetic_external(
     (BUS-UCLM) or mixed formats, a mask of another size than its image (BUS-UCLM, as published), images without a mask
     (generic), a patient column. Returns the folder. Deterministic for a seed; built once."""
     root = Path(root)
-    if (root / ".complete").exists():
+    if (root / ".complete").exists() and (root / ".complete").read_text().strip() == EXTERNAL_VERSION:
         return root
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -204,5 +207,5 @@ def make_synthetic_external(
             writer = csv.DictWriter(fh, fieldnames=["image", "label", "patient"])
             writer.writeheader()
             writer.writerows(rows)
-    (root / ".complete").write_text("ok\n")
+    (root / ".complete").write_text(EXTERNAL_VERSION + "\n")
     return root

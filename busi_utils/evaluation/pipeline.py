@@ -102,8 +102,8 @@ class RunModels:
         image-only's members saved under ``tag`` by a seed study (``None``: the run's own),
         fused by that seed's rule and calibrated by its temperature. Everything else stays the
         run's: the segmenter and the shape model (a seed study retrains stage 2 only), the
-        referral cutoff and the out-of-distribution thresholds; the ground-truth ceiling, trained
-        for the run's seed alone, is left out. The run's own models are not changed."""
+        referral cutoff; the ground-truth ceiling, trained for the run's seed alone, and the
+        out-of-distribution check, fitted on the run's own members' features, are left out. The run's own models are not changed."""
         from busi_utils.serve.export import view_graph  # torch, after the CLI's checks
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
 
@@ -120,6 +120,8 @@ class RunModels:
         other.summary = dict(self.summary, fusion=fusion_params)
         other.finalised = dict(self.finalised, temperature=float(temperature))
         other.gt_model = None
+        if tag is not None:  # the out-of-distribution density was fitted on the run's own first member's features
+            other.ood = None
         return other
 
     @property

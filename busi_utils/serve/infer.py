@@ -6,8 +6,9 @@
 Everything a user can get wrong is refused before a model loads, each with one line naming the
 file and the problem: an image that cannot be analysed (empty, not an image, truncated, too small,
 too large), a threshold outside (0, 1), an output folder that cannot be written, two inputs that
-would write the same outputs (``scan.png`` and ``scan.jpg``). This module imports only NumPy and
-Pillow until then, so a bad file is refused in a fraction of a second (``benchmarks/infer.csv``).
+would write the same outputs (``scan.png`` and ``scan.jpg``). This module imports no model code
+(no torch, onnxruntime, SciPy or pandas) until then, so a bad file is refused in a fraction of a
+second (``benchmarks/infer.csv``).
 The models are the :class:`~busi_utils.serve.predictor.Predictor`'s (re-exported here). Exit codes:
 0 done, 2 bad input or output, 3 missing or incomplete run folder. Research and teaching only.
 """
@@ -88,21 +89,26 @@ def _threshold(text: str) -> float:
 
 def input_files(image: str | None, folder: str | None) -> list[Path]:
     """The files to analyse: the one ``image``, or every file of ``folder`` (not recursive, hidden
-    files aside). Two files whose outputs would collide (one stem, two formats) are refused by name."""
+    files aside)."""
     if image:
         return [Path(image)]
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder")
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def refuse_clashes(files: list[Path]) -> None:
+    """Two inputs whose outputs would collide (one stem, two formats; ``Scan.png`` and
+    ``scan.jpg`` collide too where file names ignore case) are refused by name."""
     seen: dict[str, Path] = {}
     for path in files:
-        if path.stem in seen:
+        key = path.stem.casefold()
+        if key in seen:
             raise InputError(
-                f"{path}: would write the same outputs as {seen[path.stem].name} ({path.stem}_mask.png); rename one"
+                f"{path}: would write the same outputs as {seen[key].name} ({path.stem}_mask.png); rename one"
             )
-        seen[path.stem] = path
-    return files
+        seen[key] = path
 
 
 def refuse_unreadable(files: list[Path], workers: int) -> tuple[list[Path], list[str]]:
@@ -114,6 +120,8 @@ def refuse_unreadable(files: list[Path], workers: int) -> tuple[list[Path], list
             to_grayscale(path)
         except InputError as err:
             return str(err)
+        except OSError as err:  # unreadable: permissions, a file that vanished
+            return f"{path}: cannot be read ({err.strerror or err})"
         return None
 
     with ThreadPoolExecutor(workers) as pool:  # Pillow decodes without the GIL
@@ -156,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         files, failed = refuse_unreadable(input_files(args.image, args.folder), workers)
         if args.image and failed:
             raise InputError(failed[0])
+        refuse_clashes(files)  # among the files that will write outputs
         check_writable(args.out, folder=True)
     except (InputError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
