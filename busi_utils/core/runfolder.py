@@ -7,7 +7,7 @@ before they are written, so a reader finds the whole contract here::
 
     runs/<profile>/
       data/      index.csv, source.json, duplicate_groups.csv, split_manifest.csv  (01)
-      masks/     unet_fold0.pt (+ .history.csv), stage1_summary.json                (02)
+      masks/     unet_fold0.pt (+ .history.csv, .time.json), stage1_summary.json    (02)
       masks/     unet_fold<k>.pt, <split>/<image_id>.png, manifest.csv, summary.json (03)
       models/    classifier_<view>_fold<k>.pt: the cross-fitted members of each view and of
                  image-only (04), the ground-truth-mask ceiling's fold 0 (05); classifier_summary.json (04)
@@ -16,6 +16,7 @@ before they are written, so a reader finds the whole contract here::
       figures/   plots of notebook 05 (scripts/results_table.py copies a real cpu run's to the README's figures/)
       preds/     random_split.json: 05's leaky-split experiment, kept for a re-run   (05)
       metrics.json (05; 07 adds its "external" block), timing.json (the runner)
+      external/<set>_images.csv (07: one row per scan of an external set)
       notebooks/ the executed notebooks (papermill)
 """
 
