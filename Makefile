@@ -11,8 +11,10 @@ VENV    ?= .venv
 PROFILE ?= cpu
 SEED    ?= 42
 APP_PORT ?= 8866
-REPRODUCIBLE ?= $(or $(BUSI_REPRODUCIBLE),1)
-export BUSI_REPRODUCIBLE = $(REPRODUCIBLE)
+ifeq ($(origin REPRODUCIBLE),undefined)
+REPRODUCIBLE := $(or $(BUSI_REPRODUCIBLE),1)
+endif
+export BUSI_REPRODUCIBLE := $(REPRODUCIBLE)
 BIN      = $(VENV)/bin
 
 .PHONY: env course test test-fast book lab app results clean-runs
