@@ -38,7 +38,7 @@ test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: env
-	$(BIN)/python -m pytest -m "not course" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not course and not slow" $(PYTEST_ARGS)
 
 book: env
 	$(BIN)/python -m busi_utils.book --run-dir runs/$(PROFILE)

@@ -18,9 +18,13 @@ from busi_utils.core import reproducible
 HERE = Path(__file__).parent
 GOLDEN = json.loads((HERE / "golden_hashes.json").read_text())
 
-pytestmark = pytest.mark.skipif(
-    not reproducible.supports_pinned_isa(), reason="this processor lacks AVX2 (or is not x86-64): the pins cannot hold"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not reproducible.supports_pinned_isa(),
+        reason="this processor lacks AVX2 (or is not x86-64): the pins cannot hold",
+    ),
+    pytest.mark.slow,
+]
 
 
 def _train(tmp_path: Path, **env: str) -> dict:
