@@ -260,7 +260,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("metrics", type=Path)
     ap.add_argument("--readme", type=Path, default=Path(__file__).resolve().parent.parent / "README.md")
-    ap.add_argument("--machine", default=None, help="describe the machine (default: as metrics.json records it)")
+    ap.add_argument(
+        "--machine", default=None, help="describe the machine (default: as the run's results file records it)"
+    )
     args = ap.parse_args()
     if not args.metrics.exists():
         print(f"{args.metrics}: not found (run the course first)", file=sys.stderr)

@@ -6,7 +6,7 @@ half-written or temporary file is left; a model finished before the kill is not 
 Byte for byte: checkpoints, masks, probabilities, ONNX graphs, manifests. Wall-clock times are
 logs of how long a run took, never inputs to a later step, and are left out of the comparison
 where they are written: a checkpoint's ``.time.json``, a history's ``time`` column, and the
-``seconds`` entries of a JSON summary. ``ood.npz`` is compared array by array (NumPy's zip stamps
+``seconds`` entries of a JSON summary or recipe. ``ood.npz`` is compared array by array (NumPy's zip stamps
 the time of writing)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from busi_utils.core.files import file_sha256
 
-WALL_CLOCK_KEYS = ("seconds", "train_seconds", "seconds_per_epoch")
+WALL_CLOCK_KEYS = ("seconds", "train_seconds", "seconds_per_epoch", "export_seconds")
 NOTEBOOKS = {"03": "03_leakage_safe_masks", "04": "04_mask_aware_classifier"}
 
 
@@ -137,5 +137,7 @@ def test_the_comparison_sees_a_changed_weight(reference, tmp_path):
     changed = tmp_path / model.name
     changed.write_bytes(buffer.getvalue())
     assert _comparable(changed) != _comparable(model)
-    torch.save(torch.load(model, map_location="cpu", weights_only=True), changed)  # the same content again
+    buffer = io.BytesIO()  # the same content again, saved as save_checkpoint saves (through a file object)
+    torch.save(torch.load(model, map_location="cpu", weights_only=True), buffer)
+    changed.write_bytes(buffer.getvalue())
     assert _comparable(changed) == _comparable(model)

@@ -131,7 +131,11 @@ def test_export_round_trip_and_resume(synthetic_split, store64, tmp_path):
     assert first.trained and first.info["train_ids"] == sorted(ids) and len(first.history) == 1
     again = seg.get_or_train(tmp_path / "m.pt", store64, ids, ids[:8], recipe, 0, show_progress=False)
     assert not again.trained and again.info["train_ids_hash"] == first.info["train_ids_hash"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.history.csv", "m.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.history.csv", "m.pt", "m.time.json"]
+    assert (
+        "train_seconds" not in torch.load(tmp_path / "m.pt", weights_only=True)["info"]
+    )  # the weights' file: no clock
+    assert again.info["train_seconds"] == first.info["train_seconds"]  # merged back from m.time.json
     imgs = np.stack([store64.image(i) for i in ids[:4]])
     assert np.allclose(
         seg.predict_probs(first.model, imgs, first.info["stats"]),

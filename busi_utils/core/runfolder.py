@@ -82,6 +82,10 @@ class RunPaths:
     random_split_json = property(lambda self: self.preds / "random_split.json")  # 05's leaky-split experiment
     timing_json = property(lambda self: self.root / "timing.json")
 
+    def external_images(self, key: str) -> Path:
+        """The per-image table of external set ``key`` (``bus_uclm``, ``synthetic``; notebook 07)."""
+        return self.external / f"{key}_images.csv"
+
     def fold_unet(self, fold: int) -> Path:
         """The U-Net trained without fold ``fold``: it predicts that fold's masks and is one
         member of the ensemble that predicts the test split (and every new scan)."""
