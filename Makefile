@@ -3,7 +3,7 @@
 #   make test     build .venv if needed, run the test suite (notebooks in the quick profile)
 #   make book     render the executed chapters of runs/$(PROFILE) into a static site (after make course)
 #   make app      serve the demo as a web page on http://127.0.0.1:$(APP_PORT) (needs a trained run)
-#   make test-fast the unit tests that need no course run (under 2 minutes)
+#   make test-fast the unit tests that need no course run, data or training (about 2 minutes)
 # REPRODUCIBLE=0 turns off reproducible mode (busi_utils/core/reproducible.py): faster on many
 # cores, but your numbers will differ from the book's in the last digits, and then beyond.
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
