@@ -103,7 +103,8 @@ class RunModels:
         fused by that seed's rule and calibrated by its temperature. Everything else stays the
         run's: the segmenter and the shape model (a seed study retrains stage 2 only), the
         referral cutoff; the ground-truth ceiling, trained for the run's seed alone, and the
-        out-of-distribution check, fitted on the run's own members' features, are left out. The run's own models are not changed."""
+        out-of-distribution check, fitted on the run's own members' features, are left out.
+        The run's own models are not changed."""
         from busi_utils.serve.export import view_graph  # torch, after the CLI's checks
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
 
