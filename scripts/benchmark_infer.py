@@ -25,6 +25,7 @@ from PIL import Image
 
 from busi_utils import data
 from busi_utils.core import benchmark, runfolder
+from busi_utils.data.synthetic import png_claiming
 
 REFUSAL_TARGET_S = 0.5
 
@@ -36,20 +37,6 @@ def timed(cmd: list[str], expect: int = 0) -> float:
     if done.returncode != expect:
         raise RuntimeError(f"{' '.join(cmd)}: exit {done.returncode}, expected {expect}: {done.stderr[-500:]}")
     return seconds
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A small PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
-    )
 
 
 def bad_files(folder: Path) -> dict[str, Path]:

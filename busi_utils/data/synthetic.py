@@ -209,3 +209,18 @@ def make_synthetic_external(
             writer.writerows(rows)
     (root / ".complete").write_text(EXTERNAL_VERSION + "\n")
     return root
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` px (a decompression bomb's shape):
+    what the loaders and the command line must refuse from the header alone."""
+    import struct  # only this builder needs them
+    import zlib  # only this builder needs them
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    )

@@ -56,6 +56,7 @@ __all__ = [  # this module's own names, and those it gathers from pipeline (chap
     "per_image_table",
     "per_image_path",
     "write_per_image",
+    "worst_cases",
     "predict_external",
     "RunModels",
     "summarise",
@@ -120,6 +121,18 @@ def per_image_table(table: pd.DataFrame, models: RunModels) -> pd.DataFrame:
         out["ood_score"] = table["ood_score"].round(3)
         out["out_of_distribution"] = table["ood_score"] > 1
     return out.reset_index(drop=True)
+
+
+WORST_COLUMNS = ["image", "true_label", "method:answer", "confidence", "lesion_confidence", "dice", "uncertain",
+                 "out_of_distribution"]  # fmt: skip
+
+
+def worst_cases(per_image: pd.DataFrame, n: int = 6) -> pd.DataFrame:
+    """The method's ``n`` most confident mistakes in a :func:`per_image_table` (its index kept, so
+    row k is scan k), with their ``confidence``: what chapter 7 shows first."""
+    confidence = per_image[[f"{METHOD}:{c}" for c in P]].max(axis=1)
+    wrong = per_image.assign(confidence=confidence)[~per_image[f"{METHOD}:correct"].astype(bool)]
+    return wrong.nlargest(n, "confidence")
 
 
 def write_per_image(table: pd.DataFrame, path: Path) -> Path:

@@ -22,7 +22,6 @@ from busi_utils.data import preprocess
 from busi_utils.data.external import load_external_pair
 from busi_utils.evaluation import uncertainty
 from busi_utils.evaluation.report import P
-from busi_utils.evaluation.uncertainty import entropy
 from busi_utils.stage2 import fusion, shape
 
 ADAPTATIONS = ("none", "histmatch")
@@ -248,4 +247,4 @@ def method_tta(table: pd.DataFrame, models: RunModels) -> tuple[np.ndarray, np.n
     """The method as the Predictor answers: fused, calibrated probabilities, and their entropy
     (what the referral rule compares with BUSI's cutoff)."""
     calibrated = table[[f"{METHOD}:{c}" for c in P]].to_numpy()
-    return calibrated, entropy(calibrated)
+    return calibrated, uncertainty.entropy(calibrated)
