@@ -36,12 +36,59 @@ DEFAULTS = {
     "lr": 3e-3,
     "loss": "dice_bce",
     "tta_flip": True,
+    "normals": False,
+    "aug": "standard",
 }
 KEY = ["name", "fold", "seed"]
 
 
+def presence_auc(conf_lesion: np.ndarray, conf_normal: np.ndarray) -> float:
+    """How well the U-Net's highest pixel probability tells lesion scans from normal ones."""
+    from sklearn.metrics import roc_auc_score
+
+    if not len(conf_lesion) or not len(conf_normal):
+        return float("nan")
+    y = np.r_[np.ones(len(conf_lesion)), np.zeros(len(conf_normal))]
+    return float(roc_auc_score(y, np.r_[conf_lesion, conf_normal]))
+
+
+def score_development(dev: dict, model, info) -> dict:
+    """On the external set's development patients (never its evaluation patients): Dice on lesion
+    scans, painted area and share of normal scans with any pixel painted, and presence AUC."""
+    probs = seg.predict_masks(model, info, dev["images"])
+    lesion = dev["lesion"]
+    painted = (probs >= 0.5).reshape(len(probs), -1)
+    conf = probs.reshape(len(probs), -1).max(1)
+    return {
+        "dev_dice": round(float(seg.score_masks(probs[lesion], dev["masks"][lesion])["dice"].mean()), 4),
+        "dev_normal_fp_area": round(float(painted[~lesion].mean()), 4),
+        "dev_normals_painted": round(float(painted[~lesion].any(1).mean()), 4),
+        "dev_lesions_unpainted": round(float(1 - painted[lesion].any(1).mean()), 4),
+        "dev_presence_auc": round(presence_auc(conf[lesion], conf[~lesion]), 4),
+    }
+
+
+def development_arrays(paths, size: int) -> dict | None:
+    """The external set's development patients at ``size`` (the split is made once and kept in the
+    run folder; nothing of an evaluation patient is loaded). ``None`` without an external set."""
+    from busi_utils.data import splits
+    from busi_utils.data.external import build_external_index, find_external, load_external_pair
+
+    try:
+        root, _ = find_external()
+    except Exception:  # noqa: BLE001 - no external set: the benchmark runs without its columns
+        return None
+    index = build_external_index(root, progress=False)
+    split = splits.load_or_make_patient_split(paths.external_split("bus_uclm"), index)
+    dev = splits.development_rows(index, split).reset_index(drop=True)
+    arr = preprocess.resized_arrays(dev, size, progress=False, loader=load_external_pair)
+    order = [list(map(str, arr["ids"])).index(str(i)) for i in dev["image_id"]]
+    return {"images": arr["images"][order], "masks": arr["masks"][order].astype(bool),
+            "lesion": (dev["label"].astype(str) != "normal").to_numpy()}  # fmt: skip
+
+
 def score_fold(store, manifest, fold: int, model, info) -> dict:
-    """Held-out Dice (lesion images) and painted area (normal images) of one fold model."""
+    """Held-out Dice (lesion images), painted area (normal images) and presence AUC of one fold model."""
     _, valid_ids = seg.fold_ids(manifest, fold)
     normal = manifest.query("split == 'train' and fold == @fold and label == 'normal'")["image_id"].tolist()
     imgs = np.stack([store.image(i) for i in valid_ids])
@@ -54,6 +101,11 @@ def score_fold(store, manifest, fold: int, model, info) -> dict:
             float(seg.score_masks(probs, np.stack([store.mask(i) for i in valid_ids]))["dice"].mean()), 4
         ),
         "normal_fp_area": round(float((fp >= 0.5).mean()) if len(fp) else float("nan"), 4),
+        "valid_normals_painted": round(float((fp >= 0.5).reshape(len(fp), -1).any(1).mean()), 4),
+        "valid_lesions_unpainted": round(float(1 - (probs >= 0.5).reshape(len(probs), -1).any(1).mean()), 4),
+        "valid_presence_auc": round(
+            presence_auc(probs.reshape(len(probs), -1).max(1), fp.reshape(len(fp), -1).max(1)), 4
+        ),
         "infer_ms_per_image": round(infer_ms, 1),
         "n_valid": len(valid_ids),
     }
@@ -77,6 +129,16 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
         valid_dice_mean=("valid_dice", "mean"),
         valid_dice_sd=("valid_dice", "std"),
         normal_fp_area_mean=("normal_fp_area", "mean"),
+        valid_presence_auc_mean=("valid_presence_auc", "mean"),
+        valid_normals_painted_mean=("valid_normals_painted", "mean"),
+        valid_lesions_unpainted_mean=("valid_lesions_unpainted", "mean"),
+        dev_dice_mean=("dev_dice", "mean"),
+        dev_dice_sd=("dev_dice", "std"),
+        dev_normal_fp_area_mean=("dev_normal_fp_area", "mean"),
+        dev_normals_painted_mean=("dev_normals_painted", "mean"),
+        dev_lesions_unpainted_mean=("dev_lesions_unpainted", "mean"),
+        dev_presence_auc_mean=("dev_presence_auc", "mean"),
+        dev_presence_auc_sd=("dev_presence_auc", "std"),
         s_per_epoch=("s_per_epoch", "min"),  # sharing the CPU only ever adds time: the fastest run is the speed
         s_per_model=("train_seconds", "min"),
         calib_ms=("calib_ms", "max"),
@@ -99,18 +161,21 @@ def main() -> None:
     print("machine:", machine, flush=True)
     done = pd.read_csv(out / "segmentation_folds.csv") if (out / "segmentation_folds.csv").exists() else None
     stores: dict[int, preprocess.ArrayStore] = {}
+    devs: dict[int, dict | None] = {}
     for name, recipe in benchmark.candidates(args.specs, DEFAULTS):
         if recipe["size"] not in stores:
             stores[recipe["size"]] = preprocess.ArrayStore(
                 preprocess.resized_arrays(index, recipe["size"], progress=False)
             )
         store = stores[recipe["size"]]
+        if recipe["size"] not in devs:
+            devs[recipe["size"]] = development_arrays(paths, recipe["size"])
         for seed in args.seeds:
             for fold in args.folds:
                 spec = ",".join(f"{k}={v}" for k, v in sorted(recipe.items()))
                 if benchmark.already_done(done, name=name, fold=fold, seed=seed, recipe=spec):
                     continue  # resumed: this very run is in the table
-                train_ids, valid_ids = seg.fold_ids(manifest, fold)
+                train_ids, valid_ids = seg.fold_ids(manifest, fold, normals=seg.trains_on_normals(recipe))
                 model, hist, info = seg.train_segmenter(
                     store, train_ids, valid_ids, recipe, seg.fold_seed(seed, fold), show_progress=False
                 )
@@ -127,6 +192,7 @@ def main() -> None:
                     "s_per_epoch": info["seconds_per_epoch"],
                     "train_seconds": info["train_seconds"],
                     **score_fold(store, manifest, fold, model, info),
+                    **(score_development(devs[recipe["size"]], model, info) if devs[recipe["size"]] else {}),
                     "n_train": len(train_ids),
                     "recipe": spec,
                     **machine,

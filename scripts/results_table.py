@@ -45,21 +45,93 @@ ROLE = {
 }
 
 
+def _pct(value) -> str:
+    """A share as a percentage, a dash where the candidate was benchmarked before the column existed."""
+    return "-" if value != value else f"{value:.0%}"
+
+
 def seg_benchmark_table(csv: Path) -> str:
-    """The stage-1 candidates, best mean first: held-out Dice mean ± SD over folds x seeds, time."""
+    """The stage-1 candidates, best mean first: held-out Dice mean ± SD over folds x seeds, what
+    each paints on normal scans at home and on the external set's development patients, time."""
     import pandas as pd
 
     t = pd.read_csv(csv).sort_values("valid_dice_mean", ascending=False)
+    for col in (
+        "valid_normals_painted_mean",
+        "dev_normals_painted_mean",
+        "dev_lesions_unpainted_mean",
+        "dev_dice_mean",
+    ):
+        t[col] = t[col] if col in t else float("nan")
     lines = [
-        "| candidate | size | epochs | runs (folds x seeds) | held-out Dice, mean ± SD | painted area on normal scans | s/epoch | s/model | calib_ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| candidate | size | epochs | runs (folds x seeds) | held-out Dice, mean ± SD | normal scans painted (BUSI) "
+        "| BUS-UCLM development patients: Dice / normal scans painted / lesions unpainted | s/epoch | s/model | calib_ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in t.itertuples():
+        away = (
+            "-"
+            if r.dev_dice_mean != r.dev_dice_mean
+            else f"{r.dev_dice_mean:.3f} / {_pct(r.dev_normals_painted_mean)} / {_pct(r.dev_lesions_unpainted_mean)}"
+        )
         lines.append(
             f"| `{r.name}` | {r.size} | {r.epochs} | {r.runs} ({r.folds} x {r.seeds}) | {r.valid_dice_mean:.3f} ± {r.valid_dice_sd:.3f} "
-            f"| {r.normal_fp_area_mean:.1%} | {r.s_per_epoch:.1f} | {r.s_per_model:.0f} | {r.calib_ms:.1f} |"
+            f"| {_pct(r.valid_normals_painted_mean)} | {away} | {r.s_per_epoch:.1f} | {r.s_per_model:.0f} | {r.calib_ms:.1f} |"
         )
     return "\n".join(lines)
+
+
+def decision_table(csv: Path) -> str:
+    """The decision rules (``benchmarks/decision.csv``): BUSI out-of-fold macro-F1 and the
+    development patients' figures, mean ± SD over the runs (stage-1 recipes and seeds) benchmarked."""
+    import pandas as pd
+
+    t = pd.read_csv(csv)
+    lines = []
+    for run, part in t.groupby("run", sort=False):
+        r0 = part.iloc[0]
+        lines += [
+            f"Run `{run}` ({r0['n_oof']} BUSI out-of-fold images; {r0['n_dev']} scans of {r0['n_dev_patients']} "
+            f"development patients; {r0['date']}):",
+            "",
+            "| rule | BUSI out-of-fold macro-F1 | development macro-F1 | lesions called normal | normal scans called a lesion | benign-vs-malignant AUC |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in part.itertuples():
+            cells = [
+                f"{getattr(r, f'dev_{k}'):.3f} ({getattr(r, f'dev_{k}_ci95').replace('-', '–')})"
+                for k in ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")
+            ]
+            lines.append(f"| `{r.rule}` | {r.busi_oof_macro_f1:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def pipeline_seeds_table(csv: Path) -> str:
+    """The whole pipeline (stage 1 and stage 2) over seeds: one row per run, then mean ± SD."""
+    import pandas as pd
+
+    t = pd.read_csv(csv).sort_values("seed")
+    cols = {
+        "busi_macro_f1": "BUSI test macro-F1",
+        "busi_dice": "BUSI test Dice",
+        "ext_macro_f1": "BUS-UCLM macro-F1",
+        "ext_lesions_called_normal": "lesions called normal",
+        "ext_normals_called_lesion": "normal scans called a lesion",
+        "ext_benign_malignant_auc": "benign-vs-malignant AUC",
+        "ext_dice": "BUS-UCLM Dice",
+    }
+    cols = {k: v for k, v in cols.items() if k in t}
+    lines = ["| seed | " + " | ".join(cols.values()) + " |", "|---" * (len(cols) + 1) + "|"]
+    for _, r in t.iterrows():
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in cols) + " |")
+    sd = lambda k: t[k].std() if len(t) > 1 else 0.0  # noqa: E731
+    lines.append("| mean ± SD | " + " | ".join(f"{t[k].mean():.3f} ± {sd(k):.3f}" for k in cols) + " |")
+    return "\n".join(lines) + (
+        f"\n\n{len(t)} runs of the whole course (each seed its own BUSI split, stage 1 and stage 2); BUS-UCLM "
+        f"columns on the same {int(t['ext_patients'].iloc[0])} evaluation patients ({int(t['ext_images'].iloc[0])} scans); "
+        f"{t['cpu'].iloc[0]}, calib_ms {t['calib_ms'].max():.1f}."
+    )
 
 
 def cls_benchmark_table(csv: Path) -> str:
@@ -180,27 +252,7 @@ def table(m: dict, when: str, machine: str) -> str:
             )
         ]
         lines.append(f"| `{v}` | {ROLE[v]} | " + " | ".join(cells) + " |")
-    ext = m.get("external", {}).get("bus_uclm")
-    if ext:
-        lines += [
-            "",
-            f"**External validation** (BUS-UCLM, another hospital and scanner: {ext['n_images']} images of {ext['n_patients']} patients, "
-            "pipeline unchanged; 95% intervals resample patients): segmentation Dice "
-            f"{fmt(ext['dice_mean'], ext['dice_ci95'])} (BUSI test {seg['dice_mean']:.3f}).",
-            "",
-            "| classifier | BUSI test macro-F1 | BUS-UCLM macro-F1 | benign-vs-malignant AUC | malignant recall | lesions called normal |",
-            "|---|---|---|---|---|---|",
-        ]
-        for v in [v for v in VARIANTS if v in ext["variants"]]:
-            e, b = ext["variants"][v], m["classification"][v]
-            lines.append(
-                f"| `{v}` | {b['macro_f1']:.3f} | "
-                + " | ".join(
-                    fmt(e[k], e.get(f"{k}_ci95"))
-                    for k in ("macro_f1", "benign_malignant_auc", "malignant_recall", "lesions_called_normal")
-                )
-                + " |"
-            )
+    lines += external_lines(m)
     worth = m.get("mask_worth")
     if worth:
         paired = worth["paired"]
@@ -240,6 +292,54 @@ def table(m: dict, when: str, machine: str) -> str:
         "`figures/segmentation_dice.png`, `figures/referral.png`, `figures/mask_worth.png`.",
     ]
     return "\n".join(lines)
+
+
+def external_lines(m: dict) -> list[str]:
+    """The external block: BUS-UCLM's evaluation patients (the whole set beside them, labelled)."""
+    ext, seg, lines = m.get("external", {}).get("bus_uclm"), m["segmentation"], []
+    if not ext:
+        return lines
+    who = (
+        f"its **evaluation patients**: {ext['n_images']} scans of {ext['n_patients']} patients, never used for a choice"
+        if ext.get("patients") == "evaluation"
+        else f"{ext['n_images']} images of {ext['n_patients']} patients"
+    )
+    lines += [
+        "",
+        f"**External validation** (BUS-UCLM, another hospital and scanner; {who}; "
+        "pipeline unchanged; 95% intervals resample patients): segmentation Dice "
+        f"{fmt(ext['dice_mean'], ext['dice_ci95'])} (BUSI test {seg['dice_mean']:.3f}).",
+        "",
+        "| classifier | BUSI test macro-F1 | BUS-UCLM macro-F1 | benign-vs-malignant AUC | malignant recall "
+        "| lesions called normal | normal scans called a lesion |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in [v for v in VARIANTS if v in ext["variants"]]:
+        e, b = ext["variants"][v], m["classification"][v]
+        lines.append(
+            f"| `{v}` | {b['macro_f1']:.3f} | "
+            + " | ".join(
+                fmt(e[k], e.get(f"{k}_ci95")) if k in e else "-"
+                for k in (
+                    "macro_f1",
+                    "benign_malignant_auc",
+                    "malignant_recall",
+                    "lesions_called_normal",
+                    "normals_called_lesion",
+                )
+            )
+            + " |"
+        )
+    whole = ext.get("whole_set")
+    if whole:
+        w = whole["variants"]["method"]
+        lines += [
+            "",
+            f"The whole set ({whole['n_images']} scans of {whole['n_patients']} patients, development patients "
+            f"included, so not a clean test): method macro-F1 {fmt(w['macro_f1'], w.get('macro_f1_ci95'))}, "
+            f"Dice {fmt(whole['dice_mean'], whole['dice_ci95'])}.",
+        ]
+    return lines
 
 
 def publish_figures(run_figures: Path, dest: Path) -> list[str]:
@@ -295,6 +395,13 @@ def main() -> int:
     spread = args.readme.parent / "benchmarks" / "seed_spread.csv"
     if spread.exists() and "<!-- seed-spread:start -->" in new:
         new = replace_block(new, "seed-spread", seed_spread_table(spread, m["profile"]))
+    for block, name, render in (
+        ("decision-benchmark", "decision.csv", decision_table),
+        ("pipeline-seeds", "pipeline_seeds.csv", pipeline_seeds_table),
+    ):
+        csv = args.readme.parent / "benchmarks" / name
+        if csv.exists() and f"<!-- {block}:start -->" in new:
+            new = replace_block(new, block, render(csv))
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
     copied = publish_figures(args.metrics.parent / "figures", args.readme.parent / "figures")

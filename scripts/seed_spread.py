@@ -53,7 +53,13 @@ def external_scores(models: pipeline.RunModels, index, segmented: pipeline.Segme
 
 
 def seed_rows(
-    vd: cls.VariantData, recipe: dict, ensemble: dict, seed: int, run_seed: int, ext: tuple | None = None
+    vd: cls.VariantData,
+    recipe: dict,
+    ensemble: dict,
+    seed: int,
+    run_seed: int,
+    ext: tuple | None = None,
+    rule: str | None = None,
 ) -> list[dict]:
     """Test metrics of the method and its parts for the members of one training seed, and with
     ``ext = (RunModels, external index, its Segmented)`` their external metrics (columns ``ext_*``)."""
@@ -62,7 +68,7 @@ def seed_rows(
     for view in views:
         crossfit.train_view(vd, view, recipe, seed, ensemble["members"], tag=tag)
     oof = crossfit.oof_table(vd, views, ensemble["members"], tag)
-    comparison, chosen, params, cv = fusion.select(oof, seed)
+    comparison, chosen, params, cv = fusion.select(oof, seed, rule=rule)
     temperature = uncertainty.fit_temperature(oof["label"], cv)
     test = crossfit.test_table(vd, views, ensemble["members"], tag)
     probs = {v: crossfit.view_matrix(test, v) for v in views}
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ext = None
     for seed in seeds:
-        rows = seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext)
+        rows = seed_rows(vd, cfg["classify"], cfg["ensemble"], seed, run_seed, ext, cfg["decision"]["rule"])
         rows = [dict(r, profile=args.profile, **info) for r in rows]
         table = benchmark.append_rows(Path(args.out), rows, ["profile", "seed", "variant"])
         print(f"seed {seed}:", {r["variant"]: (r["accuracy"], r["macro_f1"]) for r in rows}, flush=True)

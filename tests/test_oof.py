@@ -87,7 +87,7 @@ def test_every_unet_comes_from_one_recipe(quick_paths):
     folds = seg.fold_numbers(split)
     for k in folds:
         _, info = seg.load_segmenter(quick_paths.fold_unet(k))
-        train_ids, _ = seg.fold_ids(split, k)
+        train_ids, _ = seg.fold_ids(split, k, normals=seg.trains_on_normals(recipe))
         assert info["recipe"] == recipe and info["seed"] == seg.fold_seed(42, k)
         assert info["train_ids_hash"] == seg.ids_hash(train_ids)
     assert files.read_json(quick_paths.stage1_summary)["recipe"] == recipe

@@ -112,6 +112,8 @@ def test_the_readme_blocks_are_what_the_committed_tables_render(tmp_path):
         "seg-benchmark": lambda d: rt.seg_benchmark_table(d / "segmentation.csv"),
         "cls-benchmark": lambda d: rt.cls_benchmark_table(d / "classifier.csv"),
         "seed-spread": lambda d: rt.seed_spread_table(d / "seed_spread.csv", "cpu"),
+        "decision-benchmark": lambda d: rt.decision_table(d / "decision.csv"),
+        "pipeline-seeds": lambda d: rt.pipeline_seeds_table(d / "pipeline_seeds.csv"),
     }
     for name, render in renders.items():
         assert _block(readme, name) == render(bench).strip("\n"), f"README block {name} differs from its CSV"
@@ -123,3 +125,26 @@ def test_the_readme_blocks_are_what_the_committed_tables_render(tmp_path):
     seg.loc[0, "valid_dice_mean"] = seg.loc[0, "valid_dice_mean"] + 0.1
     seg.to_csv(changed / "segmentation.csv", index=False)
     assert _block(readme, "seg-benchmark") != renders["seg-benchmark"](changed).strip("\n")
+
+
+def test_the_external_table_is_on_the_evaluation_patients_with_the_whole_set_beside(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from results_table import external_lines
+
+    scores = {
+        "accuracy": 0.8, "macro_f1": 0.8, "malignant_recall": 0.8, "malignant_specificity": 0.9, "auc_ovr": 0.9,
+        "benign_malignant_auc": 0.85,
+    }  # fmt: skip
+    scores.update({f"{k}_ci95": [0.7, 0.9] for k in list(scores)})
+    away = {**scores, "lesions_called_normal": 0.12, "normals_called_lesion": 0.21, "lesions_called_normal_ci95": [0.1, 0.2],
+            "normals_called_lesion_ci95": [0.15, 0.3]}  # fmt: skip
+    ext = {"n_images": 408, "n_patients": 25, "dice_mean": 0.7, "dice_ci95": [0.6, 0.8], "patients": "evaluation",
+           "variants": {"method": away},
+           "whole_set": {"n_images": 683, "n_patients": 38, "dice_mean": 0.69, "dice_ci95": [0.6, 0.8],
+                         "variants": {"method": {**away, "macro_f1": 0.61}}}}  # fmt: skip
+    m = {"segmentation": {"dice_mean": 0.75}, "classification": {"method": scores}, "external": {"bus_uclm": ext}}
+    text = "\n".join(external_lines(m))
+    assert "evaluation patients**: 408 scans of 25 patients" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `method` | 0.800 |"))
+    assert "0.210 (0.15–0.30)" in row  # normal scans called a lesion, with its interval
+    assert "The whole set (683 scans of 38 patients, development patients included" in text and "0.610" in text

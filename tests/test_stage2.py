@@ -317,3 +317,40 @@ def test_the_shipped_temperature_is_the_out_of_fold_one_and_not_the_test_split_s
     scan, crop = by_view[fusion.SCAN_VIEW], by_view.get(fusion.CROP_VIEW, by_view[fusion.SCAN_VIEW])
     raw = fusion.fuse(summary["fusion"], scan, crop, tt["conf"].to_numpy())
     assert abs(uncertainty.fit_temperature(tt["label"], raw) - shipped) > 1e-3
+
+
+def test_two_step_lets_stage1_alone_answer_whether_there_is_a_lesion():
+    """The views say which kind, never whether: views that shout "normal" leave P(normal) where
+    stage 1 put it, while the mean of the views (the negative control) follows them."""
+    normal_views = np.array([[0.98, 0.01, 0.01], [0.98, 0.015, 0.005]])
+    conf = np.array([0.97, 0.02])  # a painted lesion, an empty mask
+    p = fusion.two_step(normal_views, normal_views, conf, slope=2.0)
+    assert p.argmax(1).tolist() == [1, 0]  # lesion (benign, as the views divide it), then normal
+    assert np.allclose(p.sum(1), 1)
+    assert np.allclose(p[:, 0], 1 - fusion.presence(conf, slope=2.0))
+    assert fusion.fuse({"kind": "mean"}, normal_views, normal_views, conf).argmax(1).tolist() == [0, 0]
+    malignant_views = np.array([[0.5, 0.1, 0.4]] * 2)
+    assert fusion.two_step(malignant_views, malignant_views, conf, slope=2.0).argmax(1).tolist() == [2, 0]
+
+
+def test_presence_turns_at_the_unets_own_threshold():
+    conf = np.array([0.1, 0.5, 0.9])
+    q = fusion.presence(conf, slope=1.5)
+    assert q[1] == pytest.approx(0.5) and q[0] < 0.5 < q[2]
+    y = np.array([0] * 20 + [1] * 20)
+    conf = np.r_[np.linspace(0.01, 0.6, 20), np.linspace(0.4, 0.99, 20)]
+    params = fusion.fit("two-step", y, _probs(np.random.default_rng(0), 40), _probs(np.random.default_rng(1), 40), conf)
+    assert params["threshold"] == fusion.PRESENCE_THRESHOLD and params["slope"] > 0.1
+
+
+def test_the_profile_names_the_shipped_rule():
+    rng = np.random.default_rng(0)
+    n = 60
+    oof = pd.DataFrame({"label": np.array(CLASSES)[rng.integers(0, 3, n)], "fold": np.arange(n) % 3,
+                        "conf": rng.uniform(0, 1, n)})  # fmt: skip
+    for view in (fusion.SCAN_VIEW, fusion.CROP_VIEW):
+        oof[[f"{view}:p_{c}" for c in CLASSES]] = _probs(rng, n)
+    _, chosen, params, _ = fusion.select(oof, rule="two-step")
+    assert chosen == params["kind"] == "two-step"
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        fusion.select(oof, rule="vote")

@@ -143,14 +143,21 @@ def record(out: Path, table: str, row: dict, history: pd.DataFrame, key: list[st
 
 def matching_candidate(table: pd.DataFrame, recipe: dict) -> pd.Series | None:
     """The benchmark row whose recorded recipe equals ``recipe`` on every key the row records
-    (the ``recipe`` column of the per-run table, carried into the summary as ``recipe``)."""
+    (the ``recipe`` column of the per-run table, carried into the summary as ``recipe``); of
+    several, the one that records the most keys (a row benchmarked before a key existed matches
+    on fewer, and says less about this recipe)."""
     if "recipe" not in table:
         return None
+    best, n_keys = None, 0
     for _, row in table.iterrows():
         spec = parse_spec(str(row["recipe"]))
-        if spec and all(recipe.get(k) == v or str(recipe.get(k)) == str(v) for k, v in spec.items()):
-            return row
-    return None
+        if (
+            spec
+            and all(recipe.get(k) == v or str(recipe.get(k)) == str(v) for k, v in spec.items())
+            and len(spec) > n_keys
+        ):
+            best, n_keys = row, len(spec)
+    return best
 
 
 def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:

@@ -17,6 +17,7 @@ before they are written, so a reader finds the whole contract here::
       preds/     random_split.json: 05's leaky-split experiment, kept for a re-run   (05)
       metrics.json (05; 07 adds its "external" block), timing.json (the runner)
       external/<set>_images.csv (07: one row per scan of an external set)
+      external/<set>_patient_split.csv (+ .json: its parameters and hash; 07: development / evaluation patients)
       notebooks/ the executed notebooks (papermill)
 """
 
@@ -85,6 +86,11 @@ class RunPaths:
     def external_images(self, key: str) -> Path:
         """The per-image table of external set ``key`` (``bus_uclm``, ``synthetic``; notebook 07)."""
         return self.external / f"{key}_images.csv"
+
+    def external_split(self, key: str) -> Path:
+        """External set ``key``'s patient split (development / evaluation; notebook 07 writes it
+        once, with its hash in the ``.json`` beside it)."""
+        return self.external / f"{key}_patient_split.csv"
 
     def fold_unet(self, fold: int) -> Path:
         """The U-Net trained without fold ``fold``: it predicts that fold's masks and is one

@@ -134,3 +134,96 @@ def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
     m["part"] = np.where(m["split"] == "train", "train fold " + m["fold"].astype(str), m["split"])
     table = pd.crosstab(m["part"], m["label"], margins=True, margins_name="total")
     return table[[c for c in ("normal", "benign", "malignant", "total") if c in table.columns]]
+
+
+# --- an external set's patients: development and evaluation ------------------------------------
+
+DEVELOPMENT, EVALUATION = "development", "evaluation"
+PATIENT_STRATA = ("malignant", "benign", "normal")  # a patient's stratum: the gravest label among their scans
+
+
+def patient_strata(index: pd.DataFrame) -> pd.Series:
+    """Per patient, what they have: ``malignant`` if any of their scans is, else ``benign`` if
+    any is, else ``normal``. Stratifying on it keeps each kind of patient on both sides."""
+    labels = index[["patient", "label"]].astype(str)
+    rank = labels["label"].map({c: k for k, c in enumerate(PATIENT_STRATA)})
+    return rank.groupby(labels["patient"]).min().map(dict(enumerate(PATIENT_STRATA))).rename("stratum")
+
+
+def make_patient_split(index: pd.DataFrame, dev_frac: float = 1 / 3, seed: int = 0) -> pd.DataFrame:
+    """One row per patient: ``patient``, ``stratum``, ``n_images``, ``role`` (development or
+    evaluation). Within each stratum the patients are shuffled (seeded) and ``round(n * dev_frac)``
+    go to development, at least one where the stratum has two or more; the rest are evaluation.
+    Choices made to travel, and adaptation, may read the development patients; the evaluation
+    patients are only ever scored (:func:`check_development_only`)."""
+    if not 0 < dev_frac < 1:
+        raise ValueError(f"dev_frac must be strictly between 0 and 1, got {dev_frac}")
+    strata = patient_strata(index)
+    sizes = index.groupby(index["patient"].astype(str)).size()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for stratum in PATIENT_STRATA:
+        patients = np.array(sorted(strata.index[strata == stratum]), dtype=object)
+        rng.shuffle(patients)
+        n_dev = round(len(patients) * dev_frac)
+        n_dev = max(n_dev, 1) if len(patients) >= 2 else n_dev
+        for k, p in enumerate(patients):
+            rows.append({"patient": p, "stratum": stratum, "n_images": int(sizes[p]),
+                         "role": DEVELOPMENT if k < n_dev else EVALUATION})  # fmt: skip
+    return pd.DataFrame(rows).sort_values(["role", "stratum", "patient"]).reset_index(drop=True)
+
+
+def patient_split_hash(split: pd.DataFrame) -> str:
+    return hashlib.sha256(split[["patient", "role"]].astype(str).to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def load_or_make_patient_split(path: Path, index: pd.DataFrame, dev_frac: float = 1 / 3, seed: int = 0) -> pd.DataFrame:
+    """The external set's patient split at ``path`` (written once, atomically, with its hash and
+    parameters beside it), or made and written now. A split on disk is reused only if it was
+    made with the same parameters, is unedited and covers exactly this set's patients: every
+    later figure depends on which patients were never looked at."""
+    path, params = Path(path), {"dev_frac": float(dev_frac), "seed": int(seed)}
+    meta_path = path.with_suffix(".json")
+    if path.exists():
+        split, meta = pd.read_csv(path, keep_default_na=False, dtype={"patient": str}), read_json(meta_path, {})
+        if meta.get("params") != params:
+            raise ValueError(f"{path}: made with {meta.get('params')}, asked for {params}; delete it to start over")
+        if meta.get("sha") != patient_split_hash(split):
+            raise LeakageError(f"{path}: contents do not match the recorded hash (was it edited?)")
+        if set(split["patient"]) != set(index["patient"].astype(str)):
+            raise ValueError(f"{path}: made for other patients than this set's; delete it to start over")
+        return split
+    split = make_patient_split(index, dev_frac, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, split.to_csv(index=False))
+    atomic_write_json(meta_path, {"params": params, "sha": patient_split_hash(split)})
+    return split
+
+
+def patients_with_role(split: pd.DataFrame, role: str) -> set[str]:
+    return set(split.loc[split["role"] == role, "patient"].astype(str))
+
+
+def check_development_only(patients: Sequence[str], split: pd.DataFrame, what: str = "this fit") -> None:
+    """Refuse (:class:`LeakageError`) when anything about to be fitted or chosen reads an
+    evaluation patient, or a patient the split does not know. Every fit on external data calls it."""
+    used = set(map(str, patients))
+    leaked = sorted(used & patients_with_role(split, EVALUATION))
+    if leaked:
+        raise LeakageError(f"{what} reads {len(leaked)} evaluation patient(s) ({', '.join(leaked[:5])}); "
+                           "evaluation patients are only ever scored")  # fmt: skip
+    unknown = sorted(used - set(split["patient"].astype(str)))
+    if unknown:
+        raise LeakageError(f"{what} reads patient(s) the split does not list ({', '.join(unknown[:5])})")
+
+
+def development_rows(table: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-image table (with a ``patient`` column) whose patient is a development one."""
+    rows = table[table["patient"].astype(str).isin(patients_with_role(split, DEVELOPMENT))]
+    check_development_only(rows["patient"], split, "development_rows")
+    return rows
+
+
+def evaluation_rows(table: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-image table whose patient is an evaluation one: scored, never fitted on."""
+    return table[table["patient"].astype(str).isin(patients_with_role(split, EVALUATION))]

@@ -41,7 +41,7 @@ from busi_utils.evaluation.pipeline import (
     predict_external,
     variant_probs,
 )
-from busi_utils.evaluation.report import KEYS, LESION_KEYS, P, calibration_block, scores_with_ci
+from busi_utils.evaluation.report import KEYS, LESION_KEYS, NORMAL_KEYS, P, calibration_block, scores_with_ci
 
 __all__ = [  # this module's own names, and those it gathers from pipeline (chapter 7 calls them as evaluate.<name>)
     "ADAPTATIONS",
@@ -210,7 +210,7 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"segmentation Dice {report['dice_mean']:.3f} ({lo:.2f}-{hi:.2f}) on {report['n_lesion_masks']} lesion images"
         )
-    keys = KEYS + LESION_KEYS
+    keys = KEYS + LESION_KEYS + NORMAL_KEYS
     lines.append(f"{'variant':18s} {'n':>4s} " + " ".join(f"{k:>22s}" for k in keys))
     for v, r in report["variants"].items():
         lines.append(f"{v:18s} {r['n']:4d} " + " ".join(_cell(r, k) for k in keys))

@@ -21,6 +21,7 @@ from busi_utils.evaluation import metrics, uncertainty
 
 KEYS = ["accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"]
 LESION_KEYS = ["benign_malignant_auc", "lesions_called_normal"]  # defined on sets without normals too
+NORMAL_KEYS = ["normals_called_lesion"]  # defined where there are normal scans
 PAIRED_KEYS = ["accuracy", "macro_f1", "malignant_recall", "auc_ovr"]
 P = [f"p_{c}" for c in CLASSES]
 
@@ -78,7 +79,9 @@ def scores_with_ci(labels: Sequence[str], probs: np.ndarray, n_boot: int, seed: 
     flat (``{k: value, k_ci95: [lo, hi]}``); ``groups`` resamples patients instead of images. BUSI test
     (05) and external sets (07) alike. A key the sample does not define (e.g. ``benign_malignant_auc``
     without malignant images) is left out, as in :func:`metrics.classification_metrics`."""
-    m = metrics.classification_with_ci(labels, probs, KEYS + LESION_KEYS, n_boot=n_boot, seed=seed, groups=groups)
+    m = metrics.classification_with_ci(
+        labels, probs, KEYS + LESION_KEYS + NORMAL_KEYS, n_boot=n_boot, seed=seed, groups=groups
+    )
     return {**{k: m[k]["value"] for k in m}, **{f"{k}_ci95": m[k]["ci95"] for k in m}}
 
 
@@ -93,7 +96,7 @@ def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, se
     for v, df in test_probs.items():
         scores = scores_with_ci(df["label"], df[P].to_numpy(), n_boot, seed)
         full = metrics.classification_metrics(df["label"], df[P].to_numpy())
-        skip = KEYS + LESION_KEYS
+        skip = KEYS + LESION_KEYS + NORMAL_KEYS
         per_class = {k: full[k] for k in full if k.split("_")[0] in CLASSES and k not in skip}
         block[v] = {**scores, "per_class": per_class}
         rows.append({"variant": v, **{k: _value_ci(scores[k], scores[k + "_ci95"]) for k in skip if k in scores}})

@@ -88,6 +88,8 @@ def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str
       benign or malignant, scored by ``P(malignant) / (P(benign) + P(malignant))``; needs both.
     * ``lesions_called_normal``: share of the benign + malignant images predicted normal
       (argmax): lesions the classifier would send home; needs lesion images.
+    * ``normals_called_lesion``: share of the normal images predicted benign or malignant: the
+      false alarms of the question "is there a lesion?"; needs normal images.
     """
     y = _labels_to_idx(labels)
     probs = np.asarray(probs, dtype=float)
@@ -117,6 +119,8 @@ def classification_metrics(labels: Sequence[str], probs: np.ndarray) -> dict[str
     lesion = y != nor
     if lesion.any():
         out["lesions_called_normal"] = float((pred[lesion] == nor).mean())
+    if (~lesion).any():
+        out["normals_called_lesion"] = float((pred[~lesion] != nor).mean())
     return out
 
 

@@ -110,6 +110,57 @@ class ScanGamma(Transform):
         return x
 
 
+class ScannerShift(Transform):
+    """What another scanner and its settings change, drawn per training scan on channel
+    ``channel`` (the scan, in [0, 1]; a mask is never touched), each with probability ``p``:
+
+    * a depth-gain curve (time-gain compensation set otherwise): gain ``exp(a * (depth - 1/2))``
+      down the rows, ``a`` uniform in +-``tgc``;
+    * gamma, log-uniform in ``exp(+-log_gamma)``;
+    * speckle: multiplicative Gaussian noise of SD up to ``speckle``;
+    * lower resolution: the batch's chosen scans down-sampled by up to ``max_down`` and back.
+
+    The ``usaugment`` package (Albumentations) implements depth attenuation, shadows, haze and
+    speckle reduction per image in NumPy and needs each scan's fan-shaped region mask, which
+    BUSI and BUS-UCLM do not ship; these batch-level equivalents run inside fastai's pipeline
+    at once for the batch. Training batches only."""
+
+    split_idx, order = 0, 45
+
+    def __init__(self, channel: int = 0, p: float = 0.5, tgc: float = 0.8, log_gamma: float = 0.3,
+                 speckle: float = 0.15, max_down: float = 2.0):  # fmt: skip
+        super().__init__()
+        self.channel, self.p, self.tgc, self.log_gamma, self.speckle, self.max_down = (
+            channel, p, tgc, log_gamma, speckle, max_down)  # fmt: skip
+
+    def _chosen(self, b: int, device) -> torch.Tensor:
+        return (torch.rand(b, 1, 1, device=device) < self.p).float()
+
+    def encodes(self, x: TensorImage):
+        import torch.nn.functional as F
+
+        b, c, h, w = x.shape
+        dev, k = x.device, self.channel
+        scan = x[:, k].clamp(0, 1)
+        depth = torch.linspace(-0.5, 0.5, h, device=dev).view(1, h, 1)
+        slope = torch.empty(b, 1, 1, device=dev).uniform_(-self.tgc, self.tgc) * self._chosen(b, dev)
+        scan = scan * torch.exp(slope * depth)
+        gamma = torch.exp(
+            torch.empty(b, 1, 1, device=dev).uniform_(-self.log_gamma, self.log_gamma) * self._chosen(b, dev)
+        )
+        scan = scan.clamp(0, 1) ** gamma
+        sd = torch.empty(b, 1, 1, device=dev).uniform_(0, self.speckle) * self._chosen(b, dev)
+        scan = scan * (1 + sd * torch.randn_like(scan))
+        factor = float(torch.empty(1).uniform_(1, self.max_down))
+        small = F.interpolate(scan[:, None], scale_factor=1 / factor, mode="bilinear", align_corners=False)
+        blurred = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        down = self._chosen(b, dev)
+        scan = down * blurred + (1 - down) * scan
+        x = x.clone()
+        x[:, k] = scan.clamp(0, 1)
+        return x
+
+
 SCAN_KINDS = ("image", "crop")  # channels that hold ultrasound pixels (lighting applies); masks do not
 
 
@@ -118,9 +169,10 @@ def mirror_and_gamma(kinds) -> list:
     return [RandomMirror(), ScanGamma(channels=[k for k, kind in enumerate(kinds) if kind in SCAN_KINDS])]
 
 
-def ultrasound_segmentation(size: int) -> list:
-    """Image + mask: geometry on both (fastai interpolates masks with nearest), lighting on the image."""
-    return geometric(size, lighting=0.3)
+def ultrasound_segmentation(size: int, scanner: bool = False) -> list:
+    """Image + mask: geometry on both (fastai interpolates masks with nearest), lighting on the
+    image, and with ``scanner`` :class:`ScannerShift` on the image."""
+    return [*geometric(size, lighting=0.3), *([ScannerShift()] if scanner else [])]
 
 
 def ultrasound_multichannel(size: int, kinds=("image", "pred_mask"), mask_aug: bool = False) -> list:

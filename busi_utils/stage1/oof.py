@@ -147,7 +147,7 @@ def run_oof(
     records = []
     for k in tqdm(seg.fold_numbers(split), desc="folds", disable=not progress):
         fold_rows = split[(split["split"] == "train") & (split["fold"] == k)]
-        train_ids, _ = seg.fold_ids(split, k)
+        train_ids, _ = seg.fold_ids(split, k, normals=seg.trains_on_normals(recipe))
         name = paths.fold_unet(k).name
         fingerprint = seg.model_fingerprint(recipe, seg.fold_seed(seed, k), seg.ids_hash(train_ids))
         planned = {"model": name, "model_fingerprint": fingerprint}

@@ -102,6 +102,11 @@ __all__ = [  # this module's own names, and those it gathers from unet, losses, 
 # --------------------------------------------------------------------------- data
 
 
+def trains_on_normals(recipe: dict) -> bool:
+    """Whether a stage-1 recipe trains on the normal scans too (``normals: true``; empty targets)."""
+    return bool(recipe.get("normals", False))
+
+
 def norm_stats(store: ArrayStore, ids: Sequence[str]) -> tuple[float, float]:
     """Mean and std of the training images (0-1 scale): normalisation from training data only."""
     px = np.stack([store.image(i) for i in ids]).astype(np.float32) / 255.0
@@ -116,8 +121,10 @@ def seg_dataloaders(
     bs: int,
     stats: tuple[float, float],
     augment: bool = True,
+    scanner: bool = False,
 ):
-    """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays."""
+    """fastai DataLoaders of (grayscale image, lesion mask) pairs from resized arrays (``scanner``:
+    add :class:`~busi_utils.stage1.augment.ScannerShift` to the augmentations)."""
     from fastai.vision.all import (  # fastai: loaded where used (slow import)
         DataBlock,
         ImageBlock,
@@ -134,7 +141,10 @@ def seg_dataloaders(
         get_x=lambda i: PILImageBW.create(store.image(i)),
         get_y=lambda i: PILMask.create(store.mask(i).astype(np.uint8)),
         splitter=IndexSplitter(list(range(len(train_ids), len(items)))),
-        batch_tfms=[*(ultrasound_segmentation(size) if augment else []), Normalize.from_stats([stats[0]], [stats[1]])],
+        batch_tfms=[
+            *(ultrasound_segmentation(size, scanner) if augment else []),
+            Normalize.from_stats([stats[0]], [stats[1]]),
+        ],
     )
     return block.dataloaders(items, bs=bs, num_workers=0, drop_last=True)
 
@@ -155,7 +165,9 @@ def _learner(
 
     stats = norm_stats(store, train_ids)
     watch = list(valid_ids) or list(train_ids[: recipe["batch_size"]])  # fastai wants a validation set
-    dls = seg_dataloaders(store, train_ids, watch, recipe["size"], recipe["batch_size"], stats)
+    dls = seg_dataloaders(
+        store, train_ids, watch, recipe["size"], recipe["batch_size"], stats, scanner=recipe.get("aug") == "scanner"
+    )
     model = segmenter_from_recipe(recipe, verbose=show_progress)
     splitter = {"splitter": encoder_decoder_split} if isinstance(model, Lite0UNet) else {}
     learn = Learner(
@@ -240,8 +252,8 @@ def train_fold(
     """Stage 1's recipe, the one function behind every U-Net of the course: the U-Net that leaves
     fold ``fold`` out, trained (or loaded, when ``paths`` already holds it with this recipe, seed
     and training list). Notebook 02 teaches with fold 0; notebook 03 calls it for every fold."""
-    train_ids, valid_ids = fold_ids(manifest, fold)
-    check_training_items(manifest, train_ids)
+    train_ids, valid_ids = fold_ids(manifest, fold, normals=trains_on_normals(recipe))
+    check_training_items(manifest, train_ids, normals=trains_on_normals(recipe))
     return get_or_train(
         paths.fold_unet(fold),
         store,

@@ -9,8 +9,15 @@ Inputs per image, all available at prediction time:
   not: the U-Net paints something on most normal scans, but rarely with full confidence.
 
 Candidates, simplest first (:data:`CANDIDATES`): the mean of the two views (nothing fitted);
-the mean with a *veto* (a lesion found with ``conf >= t`` removes "normal"; one threshold); and
-a stacked multinomial logistic regression on the views' log-probabilities and logit(conf). Both
+the mean with a *veto* (a lesion found with ``conf >= t`` removes "normal"; one threshold); a
+stacked multinomial logistic regression on the views' log-probabilities and logit(conf); and the
+**two-step** decision, where stage 1 alone answers "is there a lesion?" (the U-Net paints a pixel:
+``conf >= 0.5``, its own threshold, nothing fitted on a site) and the two views only say which
+kind (:func:`two_step`). At home the whole scan's texture tells normal scans apart very well;
+on another scanner that texture is what changes, while a U-Net that was trained to paint
+nothing on normal scans keeps its answer: the two-step rule is chosen because it travels
+(``benchmarks/decision.csv``: BUSI's out-of-fold answers and an external set's development
+patients), and a profile names it (``decision.rule``). Both
 views always enter: the course's design is that the mask says where to look, and each view alone
 is reported beside the candidates (:data:`REFERENCES`) as part of the ablation. The candidates are
 compared on out-of-fold probabilities of the training pool (every fitted part cross-validated
@@ -30,13 +37,14 @@ import numpy as np
 
 from busi_utils.core.config import CLASSES
 
-CANDIDATES = ("mean", "mean+veto", "stacked")
+CANDIDATES = ("mean", "mean+veto", "stacked", "two-step")
 REFERENCES = ("scan", "crop")  # each view alone: reported, never chosen
 ALL_RULES = (*REFERENCES, *CANDIDATES)
 N_BOOT_SE = 500
 VETO_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-NORMAL = CLASSES.index("normal")
+NORMAL, BENIGN, MALIGNANT = (CLASSES.index(c) for c in ("normal", "benign", "malignant"))
 EPS = 1e-4
+PRESENCE_THRESHOLD = 0.5  # the U-Net's own: "a lesion" where it paints at least one pixel
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -59,6 +67,37 @@ def veto(p: np.ndarray, conf: np.ndarray, threshold: float) -> np.ndarray:
     return p
 
 
+def presence(conf, threshold: float = PRESENCE_THRESHOLD, slope: float = 1.0) -> np.ndarray:
+    """P(a lesion) from the segmenter's highest pixel probability: a logistic curve in logit(conf)
+    that crosses 1/2 at ``threshold`` (the U-Net's own 0.5); ``slope`` sets how fast it turns."""
+    z = slope * (_logit(conf) - _logit(np.float64(threshold)))
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def two_step(p_scan, p_crop, conf, threshold: float = PRESENCE_THRESHOLD, slope: float = 1.0) -> np.ndarray:
+    """The two-step decision as probabilities: ``P(normal) = 1 - q`` with ``q`` :func:`presence`
+    (stage 1's answer), and the lesion's ``q`` shared between benign and malignant as the mean of
+    the two views divides it. The views never decide *whether* there is a lesion, only *which*."""
+    mean = (np.asarray(p_scan, np.float64) + np.asarray(p_crop, np.float64)) / 2
+    malignant = mean[:, MALIGNANT] / np.maximum(mean[:, MALIGNANT] + mean[:, BENIGN], 1e-12)
+    q = presence(conf, threshold, slope)
+    out = np.zeros_like(mean)
+    out[:, NORMAL], out[:, BENIGN], out[:, MALIGNANT] = 1 - q, q * (1 - malignant), q * malignant
+    return out
+
+
+def fit_presence_slope(y: np.ndarray, conf) -> float:
+    """How sharply presence turns with logit(conf): the slope of a class-balanced logistic
+    regression of "lesion" on logit(conf) (its midpoint is not kept: the threshold is the U-Net's)."""
+    from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
+
+    lesion = np.asarray(y) != NORMAL
+    if lesion.all() or not lesion.any():
+        return 1.0
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(_logit(conf)[:, None], lesion)
+    return float(max(lr.coef_[0, 0], 0.1))
+
+
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
     from busi_utils.evaluation.metrics import (
         macro_f1_indices,  # here: metrics imports pandas, which the light Predictor never loads
@@ -74,6 +113,8 @@ def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
         mean = (np.asarray(p_scan) + np.asarray(p_crop)) / 2
         scores = [_macro_f1(y, veto(mean, conf, t)) for t in VETO_GRID]
         params["threshold"] = float(VETO_GRID[int(np.argmax(scores))])
+    elif kind == "two-step":
+        params["threshold"], params["slope"] = PRESENCE_THRESHOLD, fit_presence_slope(y, conf)
     elif kind == "stacked":
         from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
 
@@ -97,6 +138,8 @@ def fuse(params: dict, p_scan, p_crop, conf) -> np.ndarray:
         return mean
     if kind == "mean+veto":
         return veto(mean, conf, params["threshold"])
+    if kind == "two-step":
+        return two_step(p_scan, p_crop, conf, params["threshold"], params["slope"])
     z = stack_features(p_scan, p_crop, conf) @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
@@ -177,13 +220,17 @@ def choose(table) -> str:
     return next(k for k in cands if table.loc[k, "macro_f1"] >= best - table.loc[k, "se"])
 
 
-def select(oof, seed: int = 0) -> tuple:
+def select(oof, seed: int = 0, rule: str | None = None) -> tuple:
     """From an out-of-fold table (:func:`busi_utils.stage2.crossfit.oof_table`): ``(comparison, chosen
     kind, its parameters fitted on all those images, its cross-validated probabilities)``: the
-    fused rule of a run, and what its temperature and referral cutoff are fitted on."""
+    fused rule of a run, and what its temperature and referral cutoff are fitted on. ``rule``: the
+    profile's ``decision.rule``, chosen where the rule must travel (``benchmarks/decision.csv``);
+    without it, the one-SE rule on these images (:func:`choose`)."""
     p_scan, p_crop = (oof[[f"{v}:p_{c}" for c in CLASSES]].to_numpy() for v in (SCAN_VIEW, CROP_VIEW))
     comparison, cv_probs = compare(oof["label"], oof["fold"], p_scan, p_crop, oof["conf"], seed)
-    chosen = choose(comparison)
+    if rule is not None and rule not in CANDIDATES:
+        raise ValueError(f"unknown decision rule {rule!r}: {', '.join(CANDIDATES)}")
+    chosen = rule or choose(comparison)
     y = np.array([CLASSES.index(str(c)) for c in oof["label"]])
     return comparison, chosen, fit(chosen, y, p_scan, p_crop, oof["conf"]), cv_probs[chosen]
 
