@@ -42,6 +42,32 @@ DEFAULTS = {
 KEY = ["name", "fold", "seed"]
 
 
+POOL_WINDOWS = (3, 5, 7)  # patch sides (px at the U-Net's size) of the pooled presence statistics
+
+
+def presence_evidence(probs: np.ndarray) -> pd.DataFrame:
+    """Per image, the statistics of a predicted probability map that could answer "is there a
+    lesion?": the highest pixel probability (``conf``), the highest mean over a k x k patch
+    (``pooled_k``: a speck of a few pixels averages down, a lesion does not), the largest painted
+    region and the painted share of the image, and the summed probability (``mass``)."""
+    from scipy import ndimage
+
+    rows = []
+    for p in probs:
+        painted = p >= 0.5
+        labels, n = ndimage.label(painted)
+        row = {
+            "conf": float(p.max()),
+            "largest_region": float(np.bincount(labels.ravel())[1:].max() / p.size) if n else 0.0,
+            "painted": float(painted.mean()),
+            "mass": float(p.mean()),
+        }
+        for k in POOL_WINDOWS:
+            row[f"pooled_{k}"] = float(ndimage.uniform_filter(p.astype(np.float64), size=k, mode="constant").max())
+        rows.append(row)
+    return pd.DataFrame(rows).round(5)
+
+
 def presence_auc(conf_lesion: np.ndarray, conf_normal: np.ndarray) -> float:
     """How well the U-Net's highest pixel probability tells lesion scans from normal ones."""
     from sklearn.metrics import roc_auc_score
@@ -52,10 +78,13 @@ def presence_auc(conf_lesion: np.ndarray, conf_normal: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[conf_lesion, conf_normal]))
 
 
-def score_development(dev: dict, model, info) -> dict:
+def score_development(dev: dict, model, info, evidence: list | None = None) -> dict:
     """On the external set's development patients (never its evaluation patients): Dice on lesion
-    scans, painted area and share of normal scans with any pixel painted, and presence AUC."""
+    scans, painted area and share of normal scans with any pixel painted, and presence AUC
+    (``evidence``: receives the per-scan :func:`presence_evidence`)."""
     probs = seg.predict_masks(model, info, dev["images"])
+    if evidence is not None:
+        evidence.append(presence_evidence(probs).assign(where="development", image_id=dev["ids"], lesion=dev["lesion"]))
     lesion = dev["lesion"]
     painted = (probs >= 0.5).reshape(len(probs), -1)
     conf = probs.reshape(len(probs), -1).max(1)
@@ -84,11 +113,12 @@ def development_arrays(paths, size: int) -> dict | None:
     arr = preprocess.resized_arrays(dev, size, progress=False, loader=load_external_pair)
     order = [list(map(str, arr["ids"])).index(str(i)) for i in dev["image_id"]]
     return {"images": arr["images"][order], "masks": arr["masks"][order].astype(bool),
-            "lesion": (dev["label"].astype(str) != "normal").to_numpy()}  # fmt: skip
+            "lesion": (dev["label"].astype(str) != "normal").to_numpy(), "ids": dev["image_id"].astype(str).tolist()}  # fmt: skip
 
 
-def score_fold(store, manifest, fold: int, model, info) -> dict:
-    """Held-out Dice (lesion images), painted area (normal images) and presence AUC of one fold model."""
+def score_fold(store, manifest, fold: int, model, info, evidence: list | None = None) -> dict:
+    """Held-out Dice (lesion images), painted area (normal images) and presence AUC of one fold
+    model (``evidence``: receives the held-out scans' :func:`presence_evidence`)."""
     _, valid_ids = seg.fold_ids(manifest, fold)
     normal = manifest.query("split == 'train' and fold == @fold and label == 'normal'")["image_id"].tolist()
     imgs = np.stack([store.image(i) for i in valid_ids])
@@ -96,6 +126,12 @@ def score_fold(store, manifest, fold: int, model, info) -> dict:
     probs = seg.predict_masks(model, info, imgs)
     infer_ms = (time.perf_counter() - start) / len(imgs) * 1000
     fp = seg.predict_masks(model, info, np.stack([store.image(i) for i in normal])) if normal else np.zeros((0, 1, 1))
+    if evidence is not None:
+        both = np.concatenate([probs, fp]) if len(fp) else probs
+        lesion = np.r_[np.ones(len(probs), bool), np.zeros(len(fp), bool)]
+        evidence.append(
+            presence_evidence(both).assign(where="busi_fold", image_id=[*valid_ids, *normal], lesion=lesion)
+        )
     return {
         "valid_dice": round(
             float(seg.score_masks(probs, np.stack([store.mask(i) for i in valid_ids]))["dice"].mean()), 4
@@ -175,6 +211,7 @@ def main() -> None:
                 spec = ",".join(f"{k}={v}" for k, v in sorted(recipe.items()))
                 if benchmark.already_done(done, name=name, fold=fold, seed=seed, recipe=spec):
                     continue  # resumed: this very run is in the table
+                evidence: list[pd.DataFrame] = []
                 train_ids, valid_ids = seg.fold_ids(manifest, fold, normals=seg.trains_on_normals(recipe))
                 model, hist, info = seg.train_segmenter(
                     store, train_ids, valid_ids, recipe, seg.fold_seed(seed, fold), show_progress=False
@@ -191,13 +228,17 @@ def main() -> None:
                     "params_M": round(seg.n_params(model) / 1e6, 2),
                     "s_per_epoch": info["seconds_per_epoch"],
                     "train_seconds": info["train_seconds"],
-                    **score_fold(store, manifest, fold, model, info),
-                    **(score_development(devs[recipe["size"]], model, info) if devs[recipe["size"]] else {}),
+                    **score_fold(store, manifest, fold, model, info, evidence),
+                    **(score_development(devs[recipe["size"]], model, info, evidence) if devs[recipe["size"]] else {}),
                     "n_train": len(train_ids),
                     "recipe": spec,
                     **machine,
                 }
                 benchmark.record(out, "segmentation_folds", row, hist.assign(seed=seed, fold=fold), KEY)
+                per_scan = pd.concat(evidence).assign(name=name, fold=fold, seed=seed)
+                benchmark.append_rows(
+                    out / "segmentation_presence.csv", per_scan.to_dict("records"), [*KEY, "where", "image_id"]
+                )
     rows = pd.read_csv(out / "segmentation_folds.csv")
     table = summarise(rows)
     benchmark.append_rows(out / "segmentation.csv", table.to_dict("records"), ["name"])

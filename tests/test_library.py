@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from busi_utils import _aliases
@@ -136,3 +137,17 @@ def test_imports_sit_at_the_top_unless_a_comment_says_why():
                         if "#" not in text:
                             silent.append(f"{name}:{node.lineno}: {text.strip()}")
     assert not silent, silent
+
+
+def test_lesion_confidence_averages_a_speck_down_but_not_a_lesion():
+    from busi_utils.core.images import lesion_confidence
+
+    speck, blob = np.zeros((32, 32)), np.zeros((32, 32))
+    speck[10, 10:12] = 0.9
+    blob[8:16, 8:16] = 0.9
+    assert lesion_confidence(speck, 1) == lesion_confidence(blob, 1) == pytest.approx(0.9)  # the control: one pixel
+    assert lesion_confidence(blob, 5) == pytest.approx(0.9) and lesion_confidence(speck, 5) < 0.1
+    rng = np.random.default_rng(0)
+    p = rng.random((3, 12, 14))
+    brute = [max(x[i : i + 3, j : j + 3].mean() for i in range(10) for j in range(12)) for x in p]
+    assert np.allclose(lesion_confidence(p, 3), brute)

@@ -340,7 +340,7 @@ def test_presence_turns_at_the_unets_own_threshold():
     y = np.array([0] * 20 + [1] * 20)
     conf = np.r_[np.linspace(0.01, 0.6, 20), np.linspace(0.4, 0.99, 20)]
     params = fusion.fit("two-step", y, _probs(np.random.default_rng(0), 40), _probs(np.random.default_rng(1), 40), conf)
-    assert params["threshold"] == fusion.PRESENCE_THRESHOLD and params["slope"] > 0.1
+    assert params["threshold"] in fusion.PRESENCE_GRID and params["slope"] > 0.1
 
 
 def test_the_profile_names_the_shipped_rule():
@@ -354,3 +354,13 @@ def test_the_profile_names_the_shipped_rule():
     assert chosen == params["kind"] == "two-step"
     with pytest.raises(ValueError, match="unknown decision rule"):
         fusion.select(oof, rule="vote")
+
+
+def test_gated_calls_a_lesion_only_where_stage1_and_the_views_agree():
+    lesion_views = np.array([[0.1, 0.7, 0.2]] * 2)
+    normal_views = np.array([[0.9, 0.05, 0.05]] * 2)
+    conf = np.array([0.97, 0.02])  # painted, empty
+    assert fusion.gated(lesion_views, lesion_views, conf, slope=2.0).argmax(1).tolist() == [1, 0]
+    assert fusion.gated(normal_views, normal_views, conf, slope=2.0).argmax(1).tolist() == [0, 0]
+    p = fusion.gated(lesion_views, normal_views, conf, slope=2.0)
+    assert np.allclose(p.sum(1), 1) and np.all(p >= 0)

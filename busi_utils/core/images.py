@@ -44,6 +44,27 @@ def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
     return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
 
 
+PRESENCE_WINDOW = 1  # the patch side (px at the U-Net's size) of the lesion confidence; 1: the highest pixel
+
+
+def lesion_confidence(probs: np.ndarray, window: int = PRESENCE_WINDOW) -> np.ndarray:
+    """Stage 1's answer to "is there a lesion?" per probability map (``(H, W)`` or ``(N, H, W)``):
+    the highest mean probability over a ``window`` x ``window`` patch (1: the highest pixel). A
+    speck of a few painted pixels averages down; a lesion the size of the patch does not. Computed
+    with an integral image (NumPy only: the Predictor's light path loads no SciPy)."""
+    p = np.asarray(probs, dtype=np.float64)
+    single = p.ndim == 2
+    p = p[None] if single else p
+    k = int(min(window, *p.shape[1:]))
+    if k <= 1:
+        out = p.reshape(len(p), -1).max(1)
+    else:
+        c = np.pad(p, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
+        sums = c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]
+        out = sums.reshape(len(p), -1).max(1) / (k * k)
+    return out[0] if single else out
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, color=(1.0, 0.2, 0.2), alpha: float = 0.4) -> np.ndarray:
     """RGB float image with ``mask`` (bool or probability) tinted over a grayscale ``image``."""
     rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)

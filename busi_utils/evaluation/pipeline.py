@@ -16,7 +16,7 @@ from busi_utils import data
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import read_json
-from busi_utils.core.images import prob_to_uint8
+from busi_utils.core.images import lesion_confidence, prob_to_uint8
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.data import preprocess
 from busi_utils.data.external import load_external_pair
@@ -218,7 +218,7 @@ def predict_external(
         if view == fusion.SCAN_VIEW and models.ood is not None:  # the Predictor's check, on the same inputs
             views = {"features": features, "scan": uncertainty.scan_statistics(x[:, 0])}
             table["ood_score"] = uncertainty.ood_score(views, models.ood)
-    conf = probs.max(axis=(1, 2))
+    conf = lesion_confidence(probs)
     aspect = (index["height"] / index["width"]).to_numpy() if "height" in index else None
     features = shape.shape_matrix(list(probs), aspect)
     view_probs["shape_alone"] = fusion.predict_shape_alone(models.summary["shape_alone"], features)

@@ -18,7 +18,7 @@ from PIL import Image
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import read_json
-from busi_utils.core.images import prob_to_uint8, resize_pair, resize_prob, to_grayscale
+from busi_utils.core.images import lesion_confidence, prob_to_uint8, resize_pair, resize_prob, to_grayscale
 from busi_utils.core.runfolder import RunPaths, export_status
 from busi_utils.evaluation import uncertainty
 from busi_utils.serve.backends import OnnxBackend, TorchBackend
@@ -93,7 +93,7 @@ class Predictor:
             source = resize_pair(gray, None, 2 * self.cls_size)[0] / np.float32(255.0)
             crop = shape.lesion_crop(source, prob, self.cls_size)
             view_probs[fusion.CROP_VIEW] = self.backend.classify(fusion.CROP_VIEW, crop[None, None])[0]
-        conf = float(prob.max())
+        conf = float(lesion_confidence(prob))
         probs = fusion.decide(self.fusion, view_probs, np.array([conf]), self.temperature)[0]
         ent = float(uncertainty.entropy(probs[None])[0])
         views = {"features": feats, "scan": uncertainty.scan_statistics(x[:, 0])}

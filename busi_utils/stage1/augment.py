@@ -10,6 +10,7 @@ type annotation.)
 """
 
 import torch
+import torch.nn.functional as F
 from fastai.vision.all import TensorImage, Transform
 from fastai.vision.augment import aug_transforms
 
@@ -137,8 +138,6 @@ class ScannerShift(Transform):
         return (torch.rand(b, 1, 1, device=device) < self.p).float()
 
     def encodes(self, x: TensorImage):
-        import torch.nn.functional as F
-
         b, c, h, w = x.shape
         dev, k = x.device, self.channel
         scan = x[:, k].clamp(0, 1)

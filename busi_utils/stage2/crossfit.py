@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from busi_utils.core import images
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_text
 from busi_utils.core.runfolder import RunPaths
@@ -162,8 +163,9 @@ def check_members_leak_free(members: Sequence[tuple], split: pd.DataFrame) -> in
 
 
 def lesion_confidence(vd: cls.VariantData, ids: Sequence[str]) -> np.ndarray:
-    """The segmenter's highest pixel probability per image, from the stored (leak-free) masks."""
-    return np.array([float(np.max(vd.pred_masks[i])) for i in ids])
+    """Stage 1's lesion confidence per image (:func:`busi_utils.core.images.lesion_confidence`),
+    from the stored (leak-free) masks."""
+    return np.array([float(images.lesion_confidence(vd.pred_masks[i])) for i in ids])
 
 
 def _views_table(vd: cls.VariantData, views: Sequence[str], read) -> pd.DataFrame:

@@ -10,23 +10,15 @@ Inputs per image, all available at prediction time:
 
 Candidates, simplest first (:data:`CANDIDATES`): the mean of the two views (nothing fitted);
 the mean with a *veto* (a lesion found with ``conf >= t`` removes "normal"; one threshold); a
-stacked multinomial logistic regression on the views' log-probabilities and logit(conf); and the
-**two-step** decision, where stage 1 alone answers "is there a lesion?" (the U-Net paints a pixel:
-``conf >= 0.5``, its own threshold, nothing fitted on a site) and the two views only say which
-kind (:func:`two_step`). At home the whole scan's texture tells normal scans apart very well;
-on another scanner that texture is what changes, while a U-Net that was trained to paint
-nothing on normal scans keeps its answer: the two-step rule is chosen because it travels
-(``benchmarks/decision.csv``: BUSI's out-of-fold answers and an external set's development
-patients), and a profile names it (``decision.rule``). Both
-views always enter: the course's design is that the mask says where to look, and each view alone
-is reported beside the candidates (:data:`REFERENCES`) as part of the ablation. The candidates are
-compared on out-of-fold probabilities of the training pool (every fitted part cross-validated
-over the folds), and :func:`choose` keeps the simplest whose macro-F1 is within one standard
-error of the best: a paired variant of the "one-SE rule" of Breiman et al. (1984), with the error
-of each rule's macro-F1 *difference* from the best (bootstrapped over images, the fitted
-thresholds and coefficients held fixed, so the noise of refitting them is not counted). A rule
-that wins by less than its own noise on a few hundred images may not survive a second run, and
-its fitted parameters are then a cost without a gain.
+stacked multinomial logistic regression on the views' log-probabilities and logit(conf); the
+**gated** mean, a lesion only where stage 1 and the views agree (:func:`gated`); and the
+**two-step** decision, where stage 1 alone answers "is there a lesion?" and the two views only
+say which kind (:func:`two_step`). For both, presence is stage 1's lesion confidence passing a
+threshold chosen on BUSI's out-of-fold answers (:data:`PRESENCE_GRID`). At home the whole scan's
+texture tells normal scans apart very well; on another scanner that texture is what changes, so
+the rule a run ships is chosen where it must travel (``benchmarks/decision.csv``: BUSI's
+out-of-fold answers and an external set's development patients), and a profile names it
+(``decision.rule``).
 """
 
 from __future__ import annotations
@@ -37,7 +29,7 @@ import numpy as np
 
 from busi_utils.core.config import CLASSES
 
-CANDIDATES = ("mean", "mean+veto", "stacked", "two-step")
+CANDIDATES = ("mean", "mean+veto", "stacked", "gated", "two-step")
 REFERENCES = ("scan", "crop")  # each view alone: reported, never chosen
 ALL_RULES = (*REFERENCES, *CANDIDATES)
 N_BOOT_SE = 500
@@ -45,6 +37,7 @@ VETO_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 NORMAL, BENIGN, MALIGNANT = (CLASSES.index(c) for c in ("normal", "benign", "malignant"))
 EPS = 1e-4
 PRESENCE_THRESHOLD = 0.5  # the U-Net's own: "a lesion" where it paints at least one pixel
+PRESENCE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # where presence may turn, chosen on BUSI's out-of-fold answers
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -86,6 +79,19 @@ def two_step(p_scan, p_crop, conf, threshold: float = PRESENCE_THRESHOLD, slope:
     return out
 
 
+def gated(p_scan, p_crop, conf, threshold: float = PRESENCE_THRESHOLD, slope: float = 1.0) -> np.ndarray:
+    """The views' mean with its lesion probability *gated* by stage 1's :func:`presence` ``q``:
+    ``P(benign) = q * mean_benign``, ``P(malignant) = q * mean_malignant``, the rest normal. A scan
+    is called a lesion only when stage 1 and the views agree there is one; where the U-Net paints
+    nothing, it is normal whatever the views say (the two-step rule, by contrast, never lets the
+    views say "normal")."""
+    mean = (np.asarray(p_scan, np.float64) + np.asarray(p_crop, np.float64)) / 2
+    q = presence(conf, threshold, slope)
+    out = mean * q[:, None]
+    out[:, NORMAL] = 1 - q * (1 - mean[:, NORMAL])
+    return out
+
+
 def fit_presence_slope(y: np.ndarray, conf) -> float:
     """How sharply presence turns with logit(conf): the slope of a class-balanced logistic
     regression of "lesion" on logit(conf) (its midpoint is not kept: the threshold is the U-Net's)."""
@@ -113,8 +119,11 @@ def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
         mean = (np.asarray(p_scan) + np.asarray(p_crop)) / 2
         scores = [_macro_f1(y, veto(mean, conf, t)) for t in VETO_GRID]
         params["threshold"] = float(VETO_GRID[int(np.argmax(scores))])
-    elif kind == "two-step":
-        params["threshold"], params["slope"] = PRESENCE_THRESHOLD, fit_presence_slope(y, conf)
+    elif kind in ("two-step", "gated"):
+        params["slope"] = fit_presence_slope(y, conf)
+        rule = two_step if kind == "two-step" else gated
+        scores = [_macro_f1(y, rule(p_scan, p_crop, conf, t, params["slope"])) for t in PRESENCE_GRID]
+        params["threshold"] = float(PRESENCE_GRID[int(np.argmax(scores))])
     elif kind == "stacked":
         from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
 
@@ -140,6 +149,8 @@ def fuse(params: dict, p_scan, p_crop, conf) -> np.ndarray:
         return veto(mean, conf, params["threshold"])
     if kind == "two-step":
         return two_step(p_scan, p_crop, conf, params["threshold"], params["slope"])
+    if kind == "gated":
+        return gated(p_scan, p_crop, conf, params["threshold"], params["slope"])
     z = stack_features(p_scan, p_crop, conf) @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
