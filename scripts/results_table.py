@@ -125,10 +125,10 @@ def pipeline_seeds_table(csv: Path) -> str:
     lines = ["| seed | " + " | ".join(cols.values()) + " |", "|---" * (len(cols) + 1) + "|"]
     for _, r in t.iterrows():
         lines.append(f"| {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in cols) + " |")
-    sd = lambda k: t[k].std() if len(t) > 1 else 0.0  # noqa: E731
-    lines.append("| mean ± SD | " + " | ".join(f"{t[k].mean():.3f} ± {sd(k):.3f}" for k in cols) + " |")
+    if len(t) > 1:
+        lines.append("| mean ± SD | " + " | ".join(f"{t[k].mean():.3f} ± {t[k].std():.3f}" for k in cols) + " |")
     return "\n".join(lines) + (
-        f"\n\n{len(t)} runs of the whole course (each seed its own BUSI split, stage 1 and stage 2); BUS-UCLM "
+        f"\n\n{len(t)} run{'s' if len(t) > 1 else ''} of the whole course (each seed its own BUSI split, stage 1 and stage 2); BUS-UCLM "
         f"columns on the same {int(t['ext_patients'].iloc[0])} evaluation patients ({int(t['ext_images'].iloc[0])} scans); "
         f"{t['cpu'].iloc[0]}, calib_ms {t['calib_ms'].max():.1f}."
     )
