@@ -21,6 +21,7 @@ import pandas as pd
 
 from busi_utils.core import benchmark
 from busi_utils.core.files import read_json
+from busi_utils.core.runfolder import RunPaths
 
 HOME = ("accuracy", "macro_f1", "benign_malignant_auc")
 AWAY = ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")
@@ -28,13 +29,14 @@ KEY = ["seed", "run"]
 
 
 def run_row(run: Path) -> dict:
-    """One run's headline figures from its ``metrics.json`` (the method, as the Predictor ships it)."""
-    m = read_json(run / "metrics.json")
+    """One run's headline figures from its results file (the method, as the Predictor ships it)."""
+    path = RunPaths(run).metrics_json
+    m = read_json(path)
     if m is None or "classification" not in m:
-        raise SystemExit(f"{run / 'metrics.json'}: missing or incomplete (run notebooks 01-05 and 07)")
+        raise SystemExit(f"{path}: missing or incomplete (run notebooks 01-05 and 07)")
     ext = m.get("external", {}).get("bus_uclm")
     if ext is None or ext.get("patients") != "evaluation":
-        raise SystemExit(f"{run / 'metrics.json'}: no BUS-UCLM block on its evaluation patients (run notebook 07)")
+        raise SystemExit(f"{path}: no BUS-UCLM block on its evaluation patients (run notebook 07)")
     home, away = m["classification"]["method"], ext["variants"]["method"]
     machine = m.get("machine", {})
     return {

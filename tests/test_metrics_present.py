@@ -155,4 +155,5 @@ def test_summary_lines_show_a_dash_for_what_a_set_does_not_define():
     lines = no_warnings(evaluate.summary_lines, report)
     text = "\n".join(lines)
     assert no_nan(text) and "no normal or malignant images" in text
-    assert lines[-1].split()[-2:] == ["0.000", "(0.00-0.00)"] and " - " in lines[-1]  # lesions called normal; no AUC
+    # lesions called normal, then normals called lesion (no normal scans: a dash); no AUC
+    assert lines[-1].split()[-3:] == ["0.000", "(0.00-0.00)", "-"] and " - " in lines[-1]
