@@ -19,10 +19,20 @@ The flat names of earlier releases (``busi_utils.segmentation``) still import, w
 Research and teaching only: nothing here is a diagnostic device.
 """
 
+import os
+import warnings
+
 from busi_utils import _aliases
 from busi_utils.core import reproducible
 
 reproducible.pin_environment()  # before torch loads (a learner's kernel imports busi_utils first): see its docstring
+# fastai's import reaches torch.jit.script, which torch 2.14 deprecates: noise a learner cannot act on, with a
+# machine path in it. Silenced here for this process, and through PYTHONWARNINGS for the kernels and commands it
+# starts (the course's notebooks import fastai before busi_utils); nothing else is filtered.
+JIT_NOTICE = "ignore:`torch.jit.script` is deprecated:FutureWarning"
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+if JIT_NOTICE not in os.environ.get("PYTHONWARNINGS", ""):
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), JIT_NOTICE]))
 
 __version__ = "0.1.0"
 DISCLAIMER = (

@@ -151,3 +151,20 @@ def test_lesion_confidence_averages_a_speck_down_but_not_a_lesion():
     p = rng.random((3, 12, 14))
     brute = [max(x[i : i + 3, j : j + 3].mean() for i in range(10) for j in range(12)) for x in p]
     assert np.allclose(lesion_confidence(p, 3), brute)
+
+
+def test_importing_busi_utils_silences_torchvisions_jit_notice_and_nothing_else():
+    """The one filter the package installs: torch's deprecation of torch.jit.script, raised by
+    fastai's import (a machine path a learner cannot act on), also in a process it starts (a
+    course kernel imports fastai first). The control: without busi_utils the same import prints
+    it; with it, other warnings still show."""
+    import os
+
+    code = "import fastai.vision.all, warnings; warnings.warn('still shown', FutureWarning)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    child = "import busi_utils, subprocess, sys; subprocess.run([sys.executable, '-c', " + repr(code) + "])"
+    ours = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env)
+    if "jit.script" not in bare.stderr:
+        pytest.skip("this torch/torchvision pair raises no jit.script notice")
+    assert "jit.script" not in ours.stderr and "still shown" in ours.stderr

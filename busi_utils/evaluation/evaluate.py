@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -247,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--bootstrap", type=_positive_int, default=1000, help="patient-bootstrap resamples (default 1000)")
     args = ap.parse_args(argv)
-
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
     start = time.perf_counter()
     try:  # everything a user can get wrong is refused here, before a model loads

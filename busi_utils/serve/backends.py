@@ -4,8 +4,6 @@ run's model files (:mod:`busi_utils.serve.export`), imported only when it is use
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from busi_utils.core.runfolder import RunPaths
@@ -45,7 +43,6 @@ class TorchBackend:
 
     def __init__(self, paths: RunPaths):
 
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")  # torchvision import noise
         import torch  # light CLI path: loaded when used
 
         from busi_utils.serve.export import load_graphs  # light CLI path: loaded when used
