@@ -69,3 +69,8 @@ class LeakageError(RuntimeError):
 
 class PretrainedWeightsError(RuntimeError):
     """The pinned weights package is missing, or its tensors do not fit the network."""
+
+
+class SiteError(ValueError):
+    """A new site's adaptation cannot be done as asked: no scans, a labelled set with one class,
+    more patients asked than the pool holds, a site fitted for another run, a site that exists."""

@@ -236,3 +236,32 @@ def image_statistics(images: np.ndarray) -> pd.DataFrame:
             "bright_fraction": (flat > 245).mean(1),
         }
     )
+
+
+def unlabelled_index(root: os.PathLike | str) -> pd.DataFrame:
+    """The scans of a folder without labels (every image under it, each its own patient): what a
+    label-free adaptation reads. The rows carry ``label`` ``"unknown"`` and no mask; an unreadable
+    file is an error naming it. Labelled layouts go through :func:`build_external_index`."""
+    import hashlib
+
+    root = Path(root)
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS and "mask" not in p.parts
+    )
+    rows = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                img.convert("L").load()
+        except Exception as err:  # noqa: BLE001 (any decoding failure is the same user error)
+            raise BusiDataError(f"{path}: not a readable image ({type(err).__name__})") from None
+        rel = path.relative_to(root).as_posix()
+        rows.append(
+            {
+                "image_id": rel, "rel_path": rel, "image_path": str(path), "mask_paths": "", "label": "unknown",
+                "patient": path.stem, "has_mask": False, "mask_resized": False, "height": height, "width": width,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "mask_sha256": "",
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
-from busi_utils.core.errors import OutputError, RunFolderError
+from busi_utils.core.errors import OutputError, RunFolderError, SiteError
 from busi_utils.core.files import atomic_write_json, atomic_write_text, check_writable
 from busi_utils.core.runfolder import default_run
 from busi_utils.data import BusiDataError
@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         "except in the BUS-UCLM layout, whose publishers ship 13 such masks",
     )
     ap.add_argument("--bootstrap", type=_positive_int, default=1000, help="patient-bootstrap resamples (default 1000)")
+    ap.add_argument(
+        "--site", default=None, help="answer as an adapted site of the run (python -m busi_utils.serve.adapt)"
+    )
     args = ap.parse_args(argv)
 
     start = time.perf_counter()
@@ -262,11 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     except RunFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if args.site:
+        try:
+            models = models.with_site(args.site)
+        except SiteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     table, _ = predict_external(models, index, adapt=args.adapt)
     report = {
         "data": str(args.data),
         "run": str(models.paths.root),
         "adapt": args.adapt,
+        "site": args.site,
         "n_masks_resized": int(index["mask_resized"].sum()),
         **summarise(table, models, args.bootstrap),
     }

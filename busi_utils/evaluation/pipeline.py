@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from busi_utils import data
+from busi_utils.adapt import site
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import read_json
@@ -124,6 +125,29 @@ class RunModels:
             other.ood = None
         return other
 
+    def with_state(self, state: dict, params: dict | None = None) -> RunModels:
+        """A copy that answers with a site's ``state`` (:func:`busi_utils.adapt.site.apply_state`:
+        batch-norm statistics, fine-tuned weights) and, when given, its decision, temperature and
+        referral cutoff (``params``). The run's own models are not changed."""
+        other = copy.copy(self)
+        other.seg_graph, other.graphs = site.apply_state(self.seg_graph, self.graphs, state)
+        if params is not None:
+            other.summary = dict(self.summary, fusion=params["fusion"])
+            fin = {k: float(params[k]) for k in ("temperature", "entropy_cutoff")}
+            other.finalised = dict(self.finalised, **fin)
+        return other
+
+    def with_site(self, name: str) -> RunModels:
+        """A copy that answers as the Predictor does with ``site=name`` (a folder written by
+        ``python -m busi_utils.serve.adapt``; refused when made for other models)."""
+        import torch  # torch, after the CLI's checks
+
+        fitted = site.read_site(self.paths.root, name)
+        state = torch.load(fitted.state_path, weights_only=True)
+        other = self.with_state(state, fitted.answer_params())
+        other.gt_model = None  # the ceiling is the run's, never adapted
+        return other
+
     @property
     def variants(self) -> list[str]:
         """The rows of an evaluation: the method first, then its parts and the ablations."""
@@ -149,11 +173,9 @@ class Segmented:
     probs: np.ndarray
 
 
-def segment_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> Segmented:
-    """Resize every scan of ``index`` (from the cache when present), adapt it, and run the
-    fold-U-Net ensemble over it: the stage-1 half of :func:`predict_external`."""
-    import torch  # torch, after the CLI's checks
-
+def resize_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> dict:
+    """Every scan of ``index`` resized to each working size of the run (from the cache when
+    present), adapted or not: ``{size: ArrayStore}`` in the index's order."""
     from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
 
     if adapt not in ADAPTATIONS:
@@ -172,13 +194,39 @@ def segment_external(models: RunModels, index: pd.DataFrame, adapt: str = "none"
         if adapt == "histmatch":
             imgs = histogram_match(imgs, busi_reference_cdf(models.paths, s))
         stores[s] = preprocess.ArrayStore({"ids": np.array(ids), "images": imgs, "masks": arr["masks"][order]})
+    return stores
+
+
+def segment_stores(models: RunModels, ids: list[str], stores: dict, adapt: str = "none") -> Segmented:
+    """Run the run's (or a site's) fold-U-Net ensemble over resized scans: the 8-bit lesion
+    probabilities as stored for training."""
+    import torch  # torch, after the CLI's checks
+
     seg_images = stores[models.seg_size].images
     with torch.no_grad():
         probs = np.concatenate(
             [models.seg_graph(torch.from_numpy(seg_images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
              for k in range(0, len(seg_images), 32)]
         )  # fmt: skip
-    return Segmented(ids, adapt, stores, prob_to_uint8(probs).astype(np.float32) / 255.0)  # as stored for training
+    return Segmented(list(ids), adapt, stores, prob_to_uint8(probs).astype(np.float32) / 255.0)
+
+
+def segment_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> Segmented:
+    """Resize every scan of ``index`` (from the cache when present), adapt it, and run the
+    fold-U-Net ensemble over it: the stage-1 half of :func:`predict_external`."""
+    stores = resize_external(models, index, adapt, progress)
+    return segment_stores(models, index["image_id"].tolist(), stores, adapt)
+
+
+def subset(segmented: Segmented, rows: np.ndarray) -> Segmented:
+    """The scans at positions ``rows`` (e.g. one side of a patient split) of ``segmented``."""
+    rows = np.asarray(rows)
+    ids = np.array(segmented.ids)[rows]
+    stores = {
+        s: preprocess.ArrayStore({"ids": ids, "images": st.images[rows], "masks": st.masks[rows]})
+        for s, st in segmented.stores.items()
+    }
+    return Segmented([segmented.ids[k] for k in rows], segmented.adapt, stores, segmented.probs[rows])
 
 
 def predict_external(

@@ -10,11 +10,11 @@ from busi_utils.core.runfolder import RunPaths
 
 
 class OnnxBackend:
-    """The exported graphs (``exports/``) on onnxruntime."""
+    """The exported graphs on onnxruntime: the run's (``exports/``), or a site's (``folder``)."""
 
     name = "onnx"
 
-    def __init__(self, paths: RunPaths, recipe: dict, threads: int = 0):
+    def __init__(self, paths: RunPaths, recipe: dict, threads: int = 0, folder=None):
         import onnxruntime as ort  # light CLI path: loaded when used
 
         opts = ort.SessionOptions()
@@ -23,7 +23,7 @@ class OnnxBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between images
 
         def session(file: str):
-            return ort.InferenceSession(str(paths.exports / file), opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str((folder or paths.exports) / file), opts, providers=["CPUExecutionProvider"])
 
         self.seg = session(recipe["segmenter"]["file"])
         self.views = {view: session(v["file"]) for view, v in recipe["views"].items()}
@@ -41,7 +41,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, paths: RunPaths):
+    def __init__(self, paths: RunPaths, site=None):
 
         import torch  # light CLI path: loaded when used
 
@@ -49,6 +49,11 @@ class TorchBackend:
 
         self.torch = torch
         self.seg_graph, self.graphs, self.summary = load_graphs(paths)
+        if site is not None:  # a fitted site (busi_utils.adapt.site): its statistics and weights put in
+            from busi_utils.adapt.site import apply_state
+
+            state = torch.load(site.state_path, weights_only=True)
+            self.seg_graph, self.graphs = apply_state(self.seg_graph, self.graphs, state)
 
     def segment(self, x: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():

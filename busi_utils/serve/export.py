@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from busi_utils.core.config import CLASSES
+from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import atomic_path, atomic_write_json, file_sha256, read_json
 from busi_utils.core.runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, export_status, validate
 from busi_utils.core.tta import affine_grid, sample_view, tta_thetas
@@ -218,3 +219,38 @@ def finalise_run(paths: RunPaths, vd, tta_views: int) -> tuple[dict, dict, bool]
         return finalised, recipe, False
     finalised = calibrate(paths, vd, tta_views)
     return finalised, export_onnx(paths), True
+
+
+def export_site_onnx(
+    paths: RunPaths, seg_graph: nn.Module, graphs: dict, params: dict, folder: Path, name: str
+) -> dict:
+    """A site's adapted graphs in ONNX (``unet.onnx`` and one file per view, named as the run's)
+    and their ``recipe.json``: the run's recipe with the site's decision, temperature and
+    referral cutoff. The light Predictor answers with them (``Predictor(run, site=name)``)."""
+    recipe = read_json(paths.export_recipe)
+    if recipe is None:
+        raise RunFolderError(f"{paths.export_recipe}: missing; the run has no ONNX export to adapt (run notebook 04)")
+    folder.mkdir(parents=True, exist_ok=True)
+    _export(
+        seg_graph,
+        torch.zeros(1, 1, seg_graph.size, seg_graph.size),
+        folder / recipe["segmenter"]["file"],
+        ["mask_prob"],
+    )
+    for view, v in recipe["views"].items():
+        graph = graphs[view]
+        _export(
+            graph,
+            torch.zeros(1, len(graph.stats[0]), graph.size, graph.size),
+            folder / v["file"],
+            ["probabilities", "features"],
+        )
+    site_recipe = {
+        **recipe,
+        "fusion": params["fusion"],
+        "temperature": float(params["temperature"]),
+        "entropy_cutoff": float(params["entropy_cutoff"]),
+        "site": name,
+    }
+    atomic_write_json(folder / "recipe.json", site_recipe)
+    return site_recipe

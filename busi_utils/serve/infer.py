@@ -28,7 +28,7 @@ from PIL import Image
 
 from busi_utils import DISCLAIMER
 from busi_utils.core.config import CLASSES
-from busi_utils.core.errors import InputError, OutputError, RunFolderError
+from busi_utils.core.errors import InputError, OutputError, RunFolderError, SiteError
 from busi_utils.core.files import atomic_path, check_writable, json_safe
 from busi_utils.core.images import to_grayscale
 from busi_utils.core.runfolder import default_run
@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         help="onnx (fast start), torch, or auto: onnx when the run has a current export",
     )
     ap.add_argument("--json", action="store_true", help="print strict JSON (one object per image) instead of a table")
+    ap.add_argument(
+        "--site", default=None, help="answer as an adapted site of the run (python -m busi_utils.serve.adapt)"
+    )
     args = ap.parse_args(argv)
     workers = 1 if args.image else min(4, os.cpu_count() or 1)
     try:  # everything a user can get wrong, before a model loads
@@ -179,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.backend,
                 notice=lambda msg: print(msg, file=sys.stderr),
                 threads=1 if workers > 1 else 0,
+                site=args.site,
             )
+        except SiteError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         except RunFolderError as err:
             print(f"error: {err}", file=sys.stderr)
             return 3

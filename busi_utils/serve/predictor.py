@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from busi_utils.adapt.site import read_site
 from busi_utils.core.config import CLASSES
 from busi_utils.core.errors import RunFolderError
 from busi_utils.core.files import read_json
@@ -33,9 +34,13 @@ class Predictor:
 
     ``backend``: ``"auto"`` (ONNX when a current export exists, else torch), ``"onnx"`` or
     ``"torch"``. ``notice`` receives the one-line reason when auto falls back to torch.
+    ``site``: answer as a site adapted to another hospital (``python -m busi_utils.serve.adapt``;
+    chapter 8): its graphs, decision, temperature and referral cutoff. Without it, the run's.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, backend: str = "auto", notice=None, threads: int = 0):
+    def __init__(
+        self, run_dir: str | os.PathLike, backend: str = "auto", notice=None, threads: int = 0, site: str | None = None
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: {', '.join(BACKENDS)}")
         paths = RunPaths(Path(run_dir).resolve())
@@ -47,11 +52,14 @@ class Predictor:
                 if not needed.exists():
                     raise RunFolderError(f"{needed}: missing; the run folder is incomplete (run notebooks 02-04)")
         self.paths = paths
+        self.site = read_site(paths.root, site) if site else None
         recipe, why = export_status(paths) if backend != "torch" else (None, "torch backend requested")
+        if self.site is not None and recipe is not None:
+            recipe = read_json(self.site.exports / "recipe.json")  # read_site checked every file's hash
         if backend == "onnx" and recipe is None:
             raise RunFolderError(f"{paths.export_recipe}: cannot use the ONNX backend: {why}")
         if recipe is not None:
-            self.backend = OnnxBackend(paths, recipe, threads)
+            self.backend = OnnxBackend(paths, recipe, threads, self.site.exports if self.site else None)
             fin, self.fusion = recipe, recipe["fusion"]
             self.seg_size = recipe["segmenter"]["size"]
             self.cls_size = recipe["views"][fusion.SCAN_VIEW]["size"]
@@ -62,8 +70,11 @@ class Predictor:
                 notice(f"note: {why}; using the torch models (slower start)")
             if summary is None or "finalised" not in summary or "fusion" not in summary:
                 raise RunFolderError(f"{paths.classifier_summary}: missing or incomplete; run notebook 04")
-            self.backend = TorchBackend(paths)
+            self.backend = TorchBackend(paths, self.site)
             fin, self.fusion = summary["finalised"], summary["fusion"]
+            if self.site is not None:
+                fin = {**fin, **self.site.answer_params()}
+                self.fusion = fin["fusion"]
             self.seg_size, self.cls_size = self.backend.seg_graph.size, self.backend.graphs[fusion.SCAN_VIEW].size
             self.views = list(self.backend.graphs)
             ood_file = paths.ood_npz

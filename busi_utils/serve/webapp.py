@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--port", type=int, default=8866)
     ap.add_argument("--run", help="run folder (default $BUSI_RUN, else runs/cpu, runs/gpu, runs/quick)")
+    ap.add_argument("--site", help="answer as an adapted site of the run (default $BUSI_SITE; serve.adapt makes one)")
     args = ap.parse_args(argv)
     env = {**os.environ, **({"BUSI_RUN": str(Path(args.run).resolve())} if args.run else {})}
+    if args.site:
+        env["BUSI_SITE"] = args.site
     print(f"serving on http://127.0.0.1:{args.port}/ (Ctrl-C stops) | research and teaching only", flush=True)
     return subprocess.call(voila_command(args.port), env=env)
 

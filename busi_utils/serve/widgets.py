@@ -220,12 +220,13 @@ class InferenceApp:
             self.set_image(change["new"])
 
 
-def launch_app(run_dir: str | None = None, n_examples: int = 40) -> InferenceApp:
+def launch_app(run_dir: str | None = None, n_examples: int = 40, site: str | None = None) -> InferenceApp:
     """The app over a run folder (default: the one :func:`busi_utils.core.runfolder.default_run`
     picks, or ``$BUSI_RUN``), with the first test-split images to pick from. ``make app``
-    serves it as a web page with Voila (``app/busi_app.ipynb``)."""
+    serves it as a web page with Voila (``app/busi_app.ipynb``). ``site`` (or ``$BUSI_SITE``):
+    answer as an adapted site of the run (chapter 8)."""
     paths = RunPaths(Path(run_dir or os.environ.get("BUSI_RUN") or default_run()))
-    predictor = Predictor(paths.root)
+    predictor = Predictor(paths.root, site=site or os.environ.get("BUSI_SITE") or None)
     examples = {}
     if paths.split_csv.exists() and paths.index_csv.exists():
         index = read_index(paths.index_csv).set_index("image_id")

@@ -112,8 +112,9 @@ def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
     return macro_f1_indices(y, np.asarray(p).argmax(1))
 
 
-def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
-    """The parameters of candidate ``kind`` fitted on these images (``y``: class indices)."""
+def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf, grid: Sequence[float] = PRESENCE_GRID) -> dict:
+    """The parameters of candidate ``kind`` fitted on these images (``y``: class indices);
+    ``grid``: the presence thresholds tried (a new site's may lie lower than BUSI's)."""
     params: dict = {"kind": kind}
     if kind == "mean+veto":
         mean = (np.asarray(p_scan) + np.asarray(p_crop)) / 2
@@ -122,8 +123,8 @@ def fit(kind: str, y: np.ndarray, p_scan, p_crop, conf) -> dict:
     elif kind in ("two-step", "gated"):
         params["slope"] = fit_presence_slope(y, conf)
         rule = two_step if kind == "two-step" else gated
-        scores = [_macro_f1(y, rule(p_scan, p_crop, conf, t, params["slope"])) for t in PRESENCE_GRID]
-        params["threshold"] = float(PRESENCE_GRID[int(np.argmax(scores))])
+        scores = [_macro_f1(y, rule(p_scan, p_crop, conf, t, params["slope"])) for t in grid]
+        params["threshold"] = float(grid[int(np.argmax(scores))])
     elif kind == "stacked":
         from sklearn.linear_model import LogisticRegression  # light CLI path: loaded when used
 

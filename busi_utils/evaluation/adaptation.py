@@ -1,0 +1,280 @@
+"""Chapter 8 on a run: the pipeline adapted to a new site, and what each adaptation buys.
+
+The methods are :mod:`busi_utils.adapt`'s; here they meet the run's models
+(:class:`~busi_utils.evaluation.pipeline.RunModels`). Everything is fitted on the site's
+*development* patients (their scans alone for the label-free steps, their labels as well for the
+few-label ones) and scored on its evaluation patients, which nothing here reads but the scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from busi_utils.adapt import batchnorm as abn
+from busi_utils.adapt import fewshot
+from busi_utils.core.config import CLASSES
+from busi_utils.evaluation import uncertainty
+from busi_utils.evaluation.pipeline import RunModels, Segmented, segment_stores, subset
+from busi_utils.evaluation.report import P
+from busi_utils.stage2 import fusion
+
+BN_PARTS = ("none", "classifiers", "segmenter", "both")  # where batch-norm statistics are re-estimated
+SITE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)  # a site's presence may turn lower than BUSI's
+CUTOFF_ACCURACY = 0.9
+
+
+def batchnorm_state(models: RunModels, scans: Segmented, part: str) -> dict:
+    """AdaBN for the run's graphs on a site's unlabelled ``scans`` (:data:`BN_PARTS`): the
+    state a site stores. The classifiers are adapted on the inputs they will see, built with
+    the masks of the (adapted, when asked) segmenter."""
+    import torch  # torch, after the CLI's checks
+
+    from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
+
+    if part not in BN_PARTS:
+        raise ValueError(f"unknown batch-norm part {part!r}: {', '.join(BN_PARTS)}")
+    state: dict = {}
+    if part in ("segmenter", "both"):
+        g = models.seg_graph
+        x = torch.from_numpy(scans.stores[models.seg_size].images[:, None] / np.float32(255))
+        unets = [abn.adapt_batchnorm(u, abn.batches((x - m) / s)) for u, (m, s) in zip(g.unets, g.stats)]
+        state["segmenter"], state["segmenter_kind"] = [abn.batchnorm_state(u) for u in unets], "batchnorm"
+        scans = segment_stores(models.with_state(state), scans.ids, scans.stores, scans.adapt)
+    if part in ("classifiers", "both"):
+        masks = dict(zip(scans.ids, scans.probs))
+        state["views"] = {}
+        for view, g in models.graphs.items():
+            crops = scans.stores[cls.crop_source_size(g.size)]
+            x = torch.from_numpy(cls.build_inputs(view, scans.ids, scans.stores[g.size], masks, g.size, crops))
+            state["views"][view] = [
+                abn.batchnorm_state(abn.adapt_batchnorm(b, abn.batches((x - g.mean) / g.std))) for b in g.bodies
+            ]
+    return state
+
+
+def view_matrices(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(table[[f"{v}:{c}" for c in P]].to_numpy() for v in (fusion.SCAN_VIEW, fusion.CROP_VIEW))
+
+
+def refit_decision(rows: pd.DataFrame, base: dict) -> dict:
+    """The site's decision, temperature and referral cutoff refitted on labelled ``rows`` (a
+    per-image table of the site's adaptation patients). Where the rows cannot fit a part (no
+    normal scan, or no lesion), that part stays ``base``'s."""
+    y = np.array([CLASSES.index(c) for c in rows["label"]])
+    p_scan, p_crop = view_matrices(rows)
+    conf = rows["conf"].to_numpy()
+    params = dict(base)
+    lesion = y != CLASSES.index("normal")
+    if lesion.any() and not lesion.all():
+        params["fusion"] = fusion.fit(base["fusion"]["kind"], y, p_scan, p_crop, conf, grid=SITE_GRID)
+    fused = fusion.fuse(params["fusion"], p_scan, p_crop, conf)
+    if len(set(y)) > 1:
+        params["temperature"] = uncertainty.fit_temperature(rows["label"], fused)
+        calibrated = uncertainty.apply_temperature(fused, params["temperature"])
+        params["entropy_cutoff"] = uncertainty.earned_cutoff(rows["label"], calibrated, CUTOFF_ACCURACY)["cutoff"]
+    return params
+
+
+def answer(table: pd.DataFrame, params: dict) -> np.ndarray:
+    """The calibrated answers of a per-image table under a site's decision ``params``."""
+    p_scan, p_crop = view_matrices(table)
+    fused = fusion.fuse(params["fusion"], p_scan, p_crop, table["conf"].to_numpy())
+    return uncertainty.apply_temperature(fused, float(params["temperature"]))
+
+
+def run_params(models: RunModels) -> dict:
+    """The run's own decision, temperature and cutoff (what a site starts from)."""
+    fin = models.finalised
+    return {
+        "fusion": models.summary["fusion"],
+        "temperature": fin["temperature"],
+        "entropy_cutoff": fin["entropy_cutoff"],
+    }
+
+
+def scores(labels, probs: np.ndarray, dice: np.ndarray | None = None) -> dict:
+    """Macro-F1, lesions called normal, normal scans called a lesion, benign-vs-malignant AUC
+    (and mean Dice when given): the learning curve's measures, without intervals."""
+    from busi_utils.evaluation import metrics  # pandas-heavy, loaded when used
+
+    m = metrics.classification_metrics(list(labels), probs)
+    out = {
+        k: m.get(k, np.nan)
+        for k in ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")
+    }
+    if dice is not None:
+        out["dice"] = float(np.nanmean(dice))
+    return out
+
+
+def learning_curve(
+    dev: pd.DataFrame, evaluation: pd.DataFrame, base: dict, ks, draws: int, seed: int, progress=None
+) -> pd.DataFrame:
+    """For each ``k`` and draw of ``k`` development patients: the decision refitted on their
+    scans alone (:func:`refit_decision`), scored on the evaluation patients. One row per fit."""
+    pool = sorted(dev["patient"].astype(str).unique())
+    rows = []
+    plan = [
+        (k, d, draw)
+        for k in ks
+        for d, draw in enumerate(fewshot.draw_patients(pool, min(k, len(pool)), draws, seed + k))
+    ]
+    for k, d, patients in progress(plan) if progress else plan:
+        picked = dev[dev["patient"].astype(str).isin(patients)]
+        params = refit_decision(picked, base)
+        rows.append(
+            {
+                "k": k,
+                "draw": d,
+                "patients": " ".join(patients),
+                "scans": len(picked),
+                "lesion_scans": int((picked["label"] != "normal").sum()),
+                "threshold": params["fusion"].get("threshold"),
+                **scores(evaluation["label"], answer(evaluation, params), evaluation["dice"].to_numpy()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def development_scans(segmented: Segmented, index: pd.DataFrame, patients) -> Segmented:
+    """The scans of the named (development) patients only: what a label-free fit may read."""
+    keep = np.flatnonzero(index["patient"].astype(str).isin({str(p) for p in patients}).to_numpy())
+    return subset(segmented, keep)
+
+
+LABEL_FREE = (
+    "classifiers"  # chosen on BUS-UCLM's development patients (chapter 8): the segmenter's own statistics travel better
+)
+
+
+def training_mix(models: RunModels) -> np.ndarray:
+    """The class mix of the run's BUSI training pool (what its decision was calibrated on)."""
+    from busi_utils import data
+
+    split = models.paths.read_split()
+    labels = (
+        data.read_index(models.paths.index_csv)
+        .set_index("image_id")
+        .loc[split.loc[split["split"] == "train", "image_id"], "label"]
+    )
+    counts = labels.astype(str).value_counts().reindex(CLASSES, fill_value=0).to_numpy(float)
+    return counts / counts.sum()
+
+
+def estimated_prior(models: RunModels, table: pd.DataFrame, params: dict) -> dict:
+    """The site's class mix as EM estimates it from the unlabelled answers, starting from the
+    mix the decision was calibrated on (BUSI's training pool): recorded, never applied (chapter
+    8 shows why: under covariate shift the answers are not calibrated, and EM runs away)."""
+    from busi_utils.adapt import prior
+
+    home = training_mix(models)
+    mix, iterations = prior.em_prior(answer(table, params), home)
+    return {
+        "method": "em",
+        "from": dict(zip(CLASSES, home.round(4).tolist())),
+        "estimate": dict(zip(CLASSES, mix.round(4).tolist())),
+        "iterations": iterations,
+    }
+
+
+def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled: bool, part: str = LABEL_FREE):
+    """Everything a site stores, fitted on ``scans`` (the site's adaptation scans, rows of
+    ``index``): batch-norm statistics for ``part`` (label-free), and with ``labelled`` the
+    decision, temperature and referral cutoff refitted on their labels. Returns ``(state,
+    params, table)``: the state for :meth:`RunModels.with_state`, the answer parameters, and
+    the adaptation scans' per-image table under the adapted models."""
+    from busi_utils.evaluation.pipeline import predict_external
+
+    state = batchnorm_state(models, scans, part) if part != "none" else {}
+    adapted = models.with_state(state)
+    if "segmenter" in state:
+        scans = segment_stores(adapted, scans.ids, scans.stores, scans.adapt)
+    table, _ = predict_external(adapted, index, segmented=scans, progress=False)
+    params = run_params(models)
+    if labelled:
+        params = refit_decision(table, params)
+    return state, params, table
+
+
+def _lesion_dice(seg_graph, scans: Segmented, rows: np.ndarray, size: int) -> float:
+    """Mean Dice of ``seg_graph`` on the lesion scans at positions ``rows`` (with their masks)."""
+    import torch
+
+    from busi_utils.core.images import prob_to_uint8
+    from busi_utils.stage1.segmentation import score_masks
+
+    store = scans.stores[size]
+    with torch.no_grad():
+        p = seg_graph(torch.from_numpy(store.images[rows][:, None] / np.float32(255))).numpy()[:, 0]
+    return float(np.mean(score_masks(prob_to_uint8(p).astype(np.float32) / 255.0, store.masks[rows])["dice"]))
+
+
+def finetune_study(
+    models: RunModels,
+    scans: Segmented,
+    index: pd.DataFrame,
+    k: int,
+    draws: int,
+    steps: int,
+    lr: float,
+    layers=("encoder", "all"),
+    seed: int = 0,
+    progress=None,
+) -> pd.DataFrame:
+    """Stage 1 tuned on ``k`` labelled development patients (``scans``: theirs, rows of ``index``),
+    scored on the *other* development patients' lesion scans: which layers to tune is chosen
+    without an evaluation patient. One U-Net of the ensemble (the first fold's, with its mirror
+    view) keeps the study within a chapter's budget. One row per draw and choice of layers."""
+    g = models.seg_graph
+    one = type(g)(list(g.unets[:1]), list(g.stats[:1]), g.flip, g.size)  # the graph class, without importing serve
+    patients = index["patient"].astype(str).to_numpy()
+    lesion = (index["label"].astype(str) != "normal").to_numpy() & index["has_mask"].to_numpy()
+    pool = sorted(set(patients))
+    k = min(k, len(pool) - 1)
+    columns = ["draw", "layers", "k", "train_scans", "held_out_lesion_scans", "dice_before", "dice_after"]
+    if k < 1:  # one development patient: nobody left to score on
+        return pd.DataFrame(columns=columns)
+    rows = []
+    plan = [(d, draw, lay) for d, draw in enumerate(fewshot.draw_patients(pool, k, draws, seed)) for lay in layers]
+    for d, draw, lay in progress(plan) if progress else plan:
+        train = np.isin(patients, draw)
+        held = np.flatnonzero(~train & lesion)
+        if not len(held) or not train.any():
+            continue
+        store = scans.stores[models.seg_size]
+        tuned = fewshot.finetune_segmenter(
+            g.unets[0],
+            g.stats[0],
+            store.images[train],
+            store.masks[train],
+            steps=steps,
+            lr=lr,
+            layers=lay,
+            seed=seed + d,
+        )
+        after = type(g)([tuned], list(g.stats[:1]), g.flip, g.size)
+        rows.append(
+            {"draw": d, "layers": lay, "k": k, "train_scans": int(train.sum()), "held_out_lesion_scans": len(held),
+             "dice_before": _lesion_dice(one, scans, held, models.seg_size),
+             "dice_after": _lesion_dice(after, scans, held, models.seg_size)}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def oof_answers(models: RunModels) -> dict:
+    """BUSI's out-of-fold answers under the run's decision rule, each fitted without the image
+    it answers (:func:`busi_utils.stage2.fusion.cross_validated`): the home confusions BBSE inverts."""
+    from busi_utils import data
+    from busi_utils.stage2 import classification as cls
+    from busi_utils.stage2 import crossfit
+
+    split = models.paths.read_split()
+    vd = cls.load_variant_data(
+        models.paths, data.read_index(models.paths.index_csv), split, models.cls_size, progress=False
+    )
+    oof = crossfit.oof_table(vd, models.summary["views"], models.summary["members"])
+    y = np.array([CLASSES.index(str(c)) for c in oof["label"]])
+    p_scan, p_crop = view_matrices(oof)
+    kind = models.summary["fusion"]["kind"]
+    fused = fusion.cross_validated(kind, y, oof["fold"].to_numpy(), p_scan, p_crop, oof["conf"].to_numpy())
+    return {"y": y, "answer": fused.argmax(1)}
