@@ -22,6 +22,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
+
 from busi_utils.evaluation import seeds as seeds_record
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -342,6 +344,58 @@ def external_lines(m: dict) -> list[str]:
     return lines
 
 
+def adaptation_lines(m: dict) -> str:
+    """Chapter 8's block: the label-free adaptation against the unchanged pipeline on BUS-UCLM's
+    evaluation patients, the learning curve over labelled development patients, and stage 1's
+    fine-tuning study, all from the run's ``metrics.json``."""
+    a = m.get("adaptation", {}).get("bus_uclm")
+    if not a:
+        return "Chapter 8 has not run on this run folder."
+    keys = ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")
+    lines = [
+        f"BUS-UCLM's evaluation patients ({'whole set' if a.get('patients') != 'evaluation' else 'never used for a choice'}); "
+        f"95% intervals resample patients. Domain classifier (BUSI vs the new site, gray-level histograms): held-out AUC {a['domain_auc']:.3f}.",
+        "",
+        "| pipeline | macro-F1 | lesions called normal | normal scans called a lesion | benign-vs-malignant AUC |",
+        "|---|---|---|---|---|",
+    ]
+    method = a["label_free"]["method"]
+    for name, r in (
+        ("unchanged (chapter 7)", a["unchanged"]),
+        (f"label-free: batch norm of the {method['batchnorm']}, prior {method['prior']}", a["label_free"]),
+    ):
+        lines.append(f"| {name} | " + " | ".join(fmt(r[k], r.get(f"{k}_ci95")) for k in keys) + " |")
+    d = a["paired_macro_f1"]
+    lines += [
+        "",
+        f"Paired difference in macro-F1 (label-free minus unchanged, same scans): {d['value']:+.3f} "
+        f"({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}).",
+        "",
+        "| labelled development patients k | fits | scans (mean) | macro-F1, mean ± SD | lesions called normal | normal scans called a lesion | benign-vs-malignant AUC | Dice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    curve = pd.DataFrame(a["learning_curve"])
+    for k, g in curve.groupby("k"):
+        sd = lambda c: f"{g[c].mean():.3f} ± {g[c].std():.3f}" if len(g) > 1 else f"{g[c].mean():.3f}"  # noqa: E731
+        lines.append(
+            f"| {k} | {len(g)} | {g['scans'].mean():.0f} | {sd('macro_f1')} | {sd('lesions_called_normal')} | "
+            f"{sd('normals_called_lesion')} | {sd('benign_malignant_auc')} | {g['dice'].mean():.3f} |"
+        )
+    study = pd.DataFrame(a.get("finetune_stage1", []))
+    if len(study):
+        gain = (study["dice_after"] - study["dice_before"]).groupby(study["layers"]).agg(["mean", "std", "size"])
+        lines += [
+            "",
+            "Stage 1 fine-tuned on labelled development patients, Dice on the other development patients' lesions "
+            "(one fold U-Net): "
+            + "; ".join(
+                f"{lay} layers {r['mean']:+.3f} ± {r['std']:.3f} ({int(r['size'])} draws)" for lay, r in gain.iterrows()
+            )
+            + ".",
+        ]
+    return "\n".join(lines)
+
+
 def publish_figures(run_figures: Path, dest: Path) -> list[str]:
     """Copy every PNG of a run's ``figures/`` into ``dest`` (each through
     :func:`busi_utils.core.files.atomic_path`, so a README figure is never half-written); returns
@@ -402,6 +456,8 @@ def main() -> int:
         csv = args.readme.parent / "benchmarks" / name
         if csv.exists() and f"<!-- {block}:start -->" in new:
             new = replace_block(new, block, render(csv))
+    if "<!-- adaptation:start -->" in new:
+        new = replace_block(new, "adaptation", adaptation_lines(m))
     args.readme.write_text(new)
     print(f"README results table written from {args.metrics}")
     copied = publish_figures(args.metrics.parent / "figures", args.readme.parent / "figures")

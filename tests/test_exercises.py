@@ -29,6 +29,7 @@ EXERCISES = {  # chapter -> words of its tested exercise, as its "Going further"
     "05": "uncertainty.fit_temperature(",
     "06": "threshold=",
     "07": "bootstrap_ci(",
+    "08": "floor=0.05",
 }
 
 
@@ -156,3 +157,17 @@ def test_07_images_instead_of_patients_give_another_interval(complete_quick_path
     by_patient = metrics.bootstrap_ci(accuracy, len(right), 200, 42, groups=rows["patient"])
     by_image = metrics.bootstrap_ci(accuracy, len(right), 200, 42)
     assert not np.allclose(by_patient, by_image)
+
+
+def test_08_a_floor_on_each_class_changes_what_em_estimates(complete_quick_paths):
+    from busi_utils.adapt import prior
+    from busi_utils.evaluation import adaptation, evaluate
+
+    models = evaluate.RunModels(complete_quick_paths.root)
+    (images,) = sorted(complete_quick_paths.external.glob("*_images.csv"))  # chapter 7's per-scan table
+    answers = pd.read_csv(images)[[f"method:p_{c}" for c in config.CLASSES]].to_numpy()
+    home = adaptation.training_mix(models)
+    plain, _ = prior.em_prior(answers, home)
+    floored, _ = prior.em_prior(answers, home, floor=0.05)
+    assert floored.min() >= 0.05 - 1e-9 and np.isclose(floored.sum(), 1)
+    assert not np.allclose(plain, floored) or plain.min() >= 0.05  # the floor bites unless EM never went below it

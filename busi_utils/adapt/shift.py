@@ -6,6 +6,11 @@ world). It needs no label of either set."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 def gray_histograms(images: np.ndarray, bins: int = 32) -> np.ndarray:
@@ -20,12 +25,6 @@ def domain_auc(home: np.ndarray, site: np.ndarray, site_groups=None, folds: int 
     """Held-out ROC AUC of a logistic regression telling ``site`` rows from ``home`` rows
     (features, one row per scan). The folds keep each site patient on one side (``site_groups``),
     so the classifier cannot win by recognising a patient."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     x = np.vstack([home, site])
     y = np.r_[np.zeros(len(home)), np.ones(len(site))]
     site_groups = np.arange(len(site)) if site_groups is None else np.asarray(site_groups)

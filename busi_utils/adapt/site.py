@@ -13,6 +13,7 @@ run, or edited since, is refused by name."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -134,8 +135,6 @@ def apply_state(seg_graph, graphs: dict, state: dict):
     """Copies of the run's inference graphs with the site's ``state`` put in (:mod:`torch`
     state dicts: batch-norm statistics, or whole fine-tuned U-Nets). Works on any segmenter
     graph with ``unets`` and classifier graphs with ``bodies``; the run's graphs are unchanged."""
-    import copy
-
     seg = copy.deepcopy(seg_graph)
     for unet, sd in zip(seg.unets, state.get("segmenter", [])):
         unet.load_state_dict(sd, strict=state.get("segmenter_kind") == "weights")

@@ -43,6 +43,7 @@ Nothing is skipped, resized or counted silently.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -242,8 +243,6 @@ def unlabelled_index(root: os.PathLike | str) -> pd.DataFrame:
     """The scans of a folder without labels (every image under it, each its own patient): what a
     label-free adaptation reads. The rows carry ``label`` ``"unknown"`` and no mask; an unreadable
     file is an error naming it. Labelled layouts go through :func:`build_external_index`."""
-    import hashlib
-
     root = Path(root)
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS and "mask" not in p.parts

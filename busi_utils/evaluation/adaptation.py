@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
+from busi_utils import data
 from busi_utils.adapt import batchnorm as abn
-from busi_utils.adapt import fewshot
+from busi_utils.adapt import fewshot, prior
 from busi_utils.core.config import CLASSES
-from busi_utils.evaluation import uncertainty
-from busi_utils.evaluation.pipeline import RunModels, Segmented, segment_stores, subset
+from busi_utils.core.images import prob_to_uint8
+from busi_utils.evaluation import metrics, uncertainty
+from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_stores, subset
 from busi_utils.evaluation.report import P
-from busi_utils.stage2 import fusion
+from busi_utils.stage1.segmentation import score_masks
+from busi_utils.stage2 import classification as cls
+from busi_utils.stage2 import crossfit, fusion
 
 BN_PARTS = ("none", "classifiers", "segmenter", "both")  # where batch-norm statistics are re-estimated
 SITE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)  # a site's presence may turn lower than BUSI's
@@ -27,9 +32,6 @@ def batchnorm_state(models: RunModels, scans: Segmented, part: str) -> dict:
     """AdaBN for the run's graphs on a site's unlabelled ``scans`` (:data:`BN_PARTS`): the
     state a site stores. The classifiers are adapted on the inputs they will see, built with
     the masks of the (adapted, when asked) segmenter."""
-    import torch  # torch, after the CLI's checks
-
-    from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
 
     if part not in BN_PARTS:
         raise ValueError(f"unknown batch-norm part {part!r}: {', '.join(BN_PARTS)}")
@@ -95,7 +97,6 @@ def run_params(models: RunModels) -> dict:
 def scores(labels, probs: np.ndarray, dice: np.ndarray | None = None) -> dict:
     """Macro-F1, lesions called normal, normal scans called a lesion, benign-vs-malignant AUC
     (and mean Dice when given): the learning curve's measures, without intervals."""
-    from busi_utils.evaluation import metrics  # pandas-heavy, loaded when used
 
     m = metrics.classification_metrics(list(labels), probs)
     out = {
@@ -149,7 +150,6 @@ LABEL_FREE = (
 
 def training_mix(models: RunModels) -> np.ndarray:
     """The class mix of the run's BUSI training pool (what its decision was calibrated on)."""
-    from busi_utils import data
 
     split = models.paths.read_split()
     labels = (
@@ -165,7 +165,6 @@ def estimated_prior(models: RunModels, table: pd.DataFrame, params: dict) -> dic
     """The site's class mix as EM estimates it from the unlabelled answers, starting from the
     mix the decision was calibrated on (BUSI's training pool): recorded, never applied (chapter
     8 shows why: under covariate shift the answers are not calibrated, and EM runs away)."""
-    from busi_utils.adapt import prior
 
     home = training_mix(models)
     mix, iterations = prior.em_prior(answer(table, params), home)
@@ -183,7 +182,6 @@ def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled:
     decision, temperature and referral cutoff refitted on their labels. Returns ``(state,
     params, table)``: the state for :meth:`RunModels.with_state`, the answer parameters, and
     the adaptation scans' per-image table under the adapted models."""
-    from busi_utils.evaluation.pipeline import predict_external
 
     state = batchnorm_state(models, scans, part) if part != "none" else {}
     adapted = models.with_state(state)
@@ -198,10 +196,6 @@ def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled:
 
 def _lesion_dice(seg_graph, scans: Segmented, rows: np.ndarray, size: int) -> float:
     """Mean Dice of ``seg_graph`` on the lesion scans at positions ``rows`` (with their masks)."""
-    import torch
-
-    from busi_utils.core.images import prob_to_uint8
-    from busi_utils.stage1.segmentation import score_masks
 
     store = scans.stores[size]
     with torch.no_grad():
@@ -264,9 +258,6 @@ def finetune_study(
 def oof_answers(models: RunModels) -> dict:
     """BUSI's out-of-fold answers under the run's decision rule, each fitted without the image
     it answers (:func:`busi_utils.stage2.fusion.cross_validated`): the home confusions BBSE inverts."""
-    from busi_utils import data
-    from busi_utils.stage2 import classification as cls
-    from busi_utils.stage2 import crossfit
 
     split = models.paths.read_split()
     vd = cls.load_variant_data(

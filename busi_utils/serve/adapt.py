@@ -27,7 +27,7 @@ import pandas as pd
 from busi_utils import DISCLAIMER
 from busi_utils.adapt import fewshot, site
 from busi_utils.core.config import CLASSES
-from busi_utils.core.errors import LabelsFileError, LayoutError, LeakageError, RunFolderError, SiteError
+from busi_utils.core.errors import LeakageError, RunFolderError, SiteError
 from busi_utils.core.runfolder import default_run
 from busi_utils.data import BusiDataError
 from busi_utils.data import splits as splits_mod
@@ -37,15 +37,17 @@ from busi_utils.data.external import build_external_index, resolve_external, unl
 def site_index(data: str, labelled: bool) -> pd.DataFrame:
     """The new site's scans: a labelled layout (BUS-UCLM's, or ``images/`` + ``labels.csv``), or
     for a label-free fit any folder of images. No scan at all is an error naming the folder."""
-    root = resolve_external(data)
-    if root is None or not Path(root).exists():
+    path = Path(data).expanduser()
+    if not path.exists():
         raise SiteError(f"{data}: no such folder or zip")
     try:
-        index = build_external_index(root, progress=False)
-    except (LabelsFileError, LayoutError):
-        if labelled:
+        root = resolve_external(path)  # a labelled layout (a zip is extracted once)
+    except BusiDataError:
+        if labelled or not path.is_dir():
             raise
-        index = unlabelled_index(root)
+        index = unlabelled_index(path)
+    else:
+        index = build_external_index(root, progress=False)
     if index.empty:
         raise SiteError(f"{data}: no scans found")
     return index
@@ -100,10 +102,10 @@ def save_site(
 ) -> Path:
     """Write the site folder (:func:`busi_utils.adapt.site.write_site`): the state, the adapted
     graphs in ONNX and the manifest of what it was fitted on. Chapter 8 calls it as the command does."""
-    import torch
+    import torch  # the models' modules: loaded once the command's checks have passed
 
-    from busi_utils.evaluation import adaptation
-    from busi_utils.serve.export import export_site_onnx
+    from busi_utils.evaluation import adaptation  # the models' modules, after the checks
+    from busi_utils.serve.export import export_site_onnx  # the models' modules, after the checks
 
     adapted = models.with_state(state)
     manifest = {
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from busi_utils.evaluation import adaptation  # the models, after the checks
-    from busi_utils.evaluation.pipeline import RunModels, resize_external, segment_stores
+    from busi_utils.evaluation.pipeline import RunModels, resize_external, segment_stores  # after the checks
 
     models = RunModels(run_root)
     stores = resize_external(models, rows, progress=True)

@@ -50,7 +50,7 @@ class TorchBackend:
         self.torch = torch
         self.seg_graph, self.graphs, self.summary = load_graphs(paths)
         if site is not None:  # a fitted site (busi_utils.adapt.site): its statistics and weights put in
-            from busi_utils.adapt.site import apply_state
+            from busi_utils.adapt.site import apply_state  # light CLI path: loaded when used
 
             state = torch.load(site.state_path, weights_only=True)
             self.seg_graph, self.graphs = apply_state(self.seg_graph, self.graphs, state)
