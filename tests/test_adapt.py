@@ -233,4 +233,18 @@ def test_a_site_answers_everywhere_and_leaves_the_run_unchanged(complete_quick_p
     code = evaluate.main(
         ["--data", str(root), "--run", str(run), "--site", "test-site", "--bootstrap", "20", "--out", str(report)]
     )
-    assert code == 0 and json.loads(report.read_text())["site"] == "test-site"
+    scored = json.loads(report.read_text())
+    assert code == 0 and scored["site"] == "test-site"
+    assert set(scored["site_fitted_patients"]) == set(fitted.manifest["data"]["patients"])  # flagged: not a test
+
+
+def test_the_domain_classifier_sees_a_shift_and_no_shift():
+    from busi_utils.adapt import shift
+
+    rng = np.random.default_rng(0)
+    home = rng.integers(0, 200, (60, 16, 16))
+    brighter = np.clip(rng.integers(0, 200, (30, 16, 16)) + 50, 0, 255)  # another gain
+    alike = rng.integers(0, 200, (30, 16, 16))  # negative control: the same scanner
+    groups = np.repeat(np.arange(6), 5)
+    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(brighter), groups) > 0.95
+    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups) < 0.75

@@ -2,9 +2,10 @@
 
 How many labelled patients buy how much is a learning curve: for each ``k``, several draws of
 ``k`` development patients (:func:`draw_patients`), each adapting the pipeline on its patients
-alone. Stage 1 is fine-tuned (:func:`finetune_segmenter`: a few hundred steps at a small rate,
-only the layers named, batch-norm statistics kept as the site's); stage 2's decision (where
-"a lesion" begins), its temperature and its referral cutoff are refitted on the same scans."""
+alone: stage 2's decision (where "a lesion" begins), its temperature and its referral cutoff
+are refitted on their scans (:mod:`busi_utils.evaluation.adaptation`). Stage 1 can be fine-tuned
+on their masks (:func:`finetune_segmenter`: a few dozen steps at a small rate, only the layers
+named); chapter 8 measures whether that helps before anything ships it."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def finetune_segmenter(
     """A copy of ``unet`` tuned on the site's labelled scans ``images`` (N, S, S) uint8 with
     their ``masks`` (N, S, S; empty for normal scans): Adam, Dice + BCE as in training, random
     mirror images. The model stays in eval mode, so batch norm keeps the statistics it came with
-    (the site's, after :func:`~busi_utils.adapt.batchnorm.adapt_batchnorm`): a few dozen scans
-    are too few to estimate them inside each batch."""
+    (the run's, or a site's after :func:`~busi_utils.adapt.batchnorm.adapt_batchnorm`): a batch
+    of a few scans is too few to estimate them."""
     if len(images) == 0 or len(images) != len(masks):
         raise SiteError(f"fine-tuning needs scans with their masks: {len(images)} scans, {len(masks)} masks")
     tuned = copy.deepcopy(unet).eval()

@@ -24,10 +24,14 @@ def gray_histograms(images: np.ndarray, bins: int = 32) -> np.ndarray:
 def domain_auc(home: np.ndarray, site: np.ndarray, site_groups=None, folds: int = 5, seed: int = 0) -> float:
     """Held-out ROC AUC of a logistic regression telling ``site`` rows from ``home`` rows
     (features, one row per scan). The folds keep each site patient on one side (``site_groups``),
-    so the classifier cannot win by recognising a patient."""
+    so the classifier cannot win by recognising a patient; with fewer than two site patients,
+    each scan is its own group)."""
     x = np.vstack([home, site])
     y = np.r_[np.zeros(len(home)), np.ones(len(site))]
     site_groups = np.arange(len(site)) if site_groups is None else np.asarray(site_groups)
+    if len(set(site_groups)) < 2:
+        site_groups = np.arange(len(site))
+    folds = min(folds, len(set(site_groups)))
     rng = np.random.default_rng(seed)
     groups = np.r_[
         rng.integers(0, folds, len(home)).astype(str), np.char.add("site-", np.asarray(site_groups).astype(str))

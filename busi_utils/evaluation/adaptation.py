@@ -54,6 +54,14 @@ def batchnorm_state(models: RunModels, scans: Segmented, part: str) -> dict:
     return state
 
 
+def state_part(state: dict) -> str:
+    """Which networks a site's ``state`` re-estimated (:data:`BN_PARTS`), read from the state itself."""
+    seg, views = bool(state.get("segmenter")), bool(state.get("views"))
+    return {(False, False): "none", (False, True): "classifiers", (True, False): "segmenter", (True, True): "both"}[
+        (seg, views)
+    ]
+
+
 def view_matrices(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return tuple(table[[f"{v}:{c}" for c in P]].to_numpy() for v in (fusion.SCAN_VIEW, fusion.CROP_VIEW))
 
@@ -149,7 +157,8 @@ LABEL_FREE = (
 
 
 def training_mix(models: RunModels) -> np.ndarray:
-    """The class mix of the run's BUSI training pool (what its decision was calibrated on)."""
+    """The class mix of the run's BUSI training pool, counted (the mix its *answers* carry is another:
+    the mean of :func:`oof_answers`, where EM starts)."""
 
     split = models.paths.read_split()
     labels = (
@@ -161,16 +170,17 @@ def training_mix(models: RunModels) -> np.ndarray:
     return counts / counts.sum()
 
 
-def estimated_prior(models: RunModels, table: pd.DataFrame, params: dict) -> dict:
-    """The site's class mix as EM estimates it from the unlabelled answers, starting from the
-    mix the decision was calibrated on (BUSI's training pool): recorded, never applied (chapter
-    8 shows why: under covariate shift the answers are not calibrated, and EM runs away)."""
-
-    home = training_mix(models)
+def estimated_prior(table: pd.DataFrame, params: dict, home: np.ndarray | None) -> dict:
+    """The site's class mix as EM estimates it from the unlabelled answers, starting from
+    ``home``, the mix the run's answers carry (the mean of BUSI's calibrated out-of-fold answers,
+    :func:`oof_answers`): recorded, never applied (chapter 8 shows why). Without ``home``
+    (BUSI's answers not at hand), nothing is estimated, and the record says so."""
+    if home is None:
+        return {"method": "em", "estimate": None, "why": "BUSI's out-of-fold answers were not available"}
     mix, iterations = prior.em_prior(answer(table, params), home)
     return {
         "method": "em",
-        "from": dict(zip(CLASSES, home.round(4).tolist())),
+        "from": dict(zip(CLASSES, np.round(home, 4).tolist())),
         "estimate": dict(zip(CLASSES, mix.round(4).tolist())),
         "iterations": iterations,
     }
@@ -257,7 +267,9 @@ def finetune_study(
 
 def oof_answers(models: RunModels) -> dict:
     """BUSI's out-of-fold answers under the run's decision rule, each fitted without the image
-    it answers (:func:`busi_utils.stage2.fusion.cross_validated`): the home confusions BBSE inverts."""
+    it answers (:func:`busi_utils.stage2.fusion.cross_validated`), calibrated as the Predictor
+    does: the home confusions BBSE inverts, and (their mean) the mix the answers carry, where EM
+    must start."""
 
     split = models.paths.read_split()
     vd = cls.load_variant_data(
@@ -268,4 +280,5 @@ def oof_answers(models: RunModels) -> dict:
     p_scan, p_crop = view_matrices(oof)
     kind = models.summary["fusion"]["kind"]
     fused = fusion.cross_validated(kind, y, oof["fold"].to_numpy(), p_scan, p_crop, oof["conf"].to_numpy())
-    return {"y": y, "answer": fused.argmax(1)}
+    calibrated = uncertainty.apply_temperature(fused, float(models.finalised["temperature"]))
+    return {"y": y, "answer": fused.argmax(1), "probs": calibrated}

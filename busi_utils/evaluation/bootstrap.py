@@ -86,9 +86,11 @@ def paired_bootstrap_diff(
     keys: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> dict[str, dict]:
     """Difference ``a - b`` of two models scored on the *same* images, with a paired percentile
-    bootstrap 95% interval: each resample draws one set of images and scores both models on it,
+    bootstrap 95% interval: each resample draws one set of images (whole patients, with
+    ``groups``: a patient per image) and scores both models on it,
     so the image-to-image difficulty that both share cancels out. Also ``p_a_better``, the share
     of resamples in which ``a`` is ahead. ``{key: {"value", "ci95", "p_a_better"}}``, for the
     ``keys`` defined on the full sample; resamples where a key is undefined are left out of it
@@ -105,7 +107,7 @@ def paired_bootstrap_diff(
     keys = [k for k, v in zip(keys, point) if np.isfinite(v)]
     point = point[np.isfinite(point)]
     rng = np.random.default_rng(seed)
-    draws = np.array([diff(rng.integers(0, len(labels), len(labels)), keys) for _ in range(n_boot)]).reshape(
+    draws = np.array([diff(resample_indices(rng, len(labels), groups), keys) for _ in range(n_boot)]).reshape(
         n_boot, len(keys)
     )
     out = {}

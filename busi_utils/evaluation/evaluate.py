@@ -271,8 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         except SiteError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    fitted_on = sorted(set(index["patient"].astype(str)) & getattr(models, "site_patients", set()))
+    if fitted_on:  # the site was fitted on some of these patients: their scores are no test
+        print(
+            f"note: {len(fitted_on)} patient(s) of this set ({', '.join(fitted_on[:5])}) were used to fit site "
+            f"{args.site}; their scans are scored but are not a test (see site_fitted_patients in the report)",
+            file=sys.stderr,
+        )
     table, _ = predict_external(models, index, adapt=args.adapt)
     report = {
+        "site_fitted_patients": fitted_on,
         "data": str(args.data),
         "run": str(models.paths.root),
         "adapt": args.adapt,

@@ -146,6 +146,7 @@ class RunModels:
         state = torch.load(fitted.state_path, weights_only=True)
         other = self.with_state(state, fitted.answer_params())
         other.gt_model = None  # the ceiling is the run's, never adapted
+        other.site_patients = set(map(str, fitted.manifest.get("data", {}).get("patients", [])))
         return other
 
     @property

@@ -99,6 +99,7 @@ def save_site(
     labelled: bool,
     data: str,
     force: bool = False,
+    home_mix=None,
 ) -> Path:
     """Write the site folder (:func:`busi_utils.adapt.site.write_site`): the state, the adapted
     graphs in ONNX and the manifest of what it was fitted on. Chapter 8 calls it as the command does."""
@@ -112,7 +113,7 @@ def save_site(
         "run": site.run_fingerprint(models.paths.root),
         "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "method": {
-            "batchnorm": adaptation.LABEL_FREE,
+            "batchnorm": adaptation.state_part(state),
             "labelled": bool(labelled),
             "presence_grid": list(adaptation.SITE_GRID),
         },
@@ -124,7 +125,7 @@ def save_site(
             "labels": rows["label"].astype(str).value_counts().to_dict() if labelled else None,
         },
         "split": {"sha": splits_mod.patient_split_hash(split)} if split is not None else None,
-        "prior": adaptation.estimated_prior(models, table, params),
+        "prior": adaptation.estimated_prior(table, params, home_mix),
         **{k: params[k] for k in ("fusion", "temperature", "entropy_cutoff")},
     }
 
@@ -173,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     stores = resize_external(models, rows, progress=True)
     scans = segment_stores(models, rows["image_id"].tolist(), stores)
     state, params, table = adaptation.fit_site(models, rows, scans, args.labelled)
+    try:  # the mix the run's answers carry, from BUSI's out-of-fold answers (when BUSI is at hand)
+        home_mix = adaptation.oof_answers(models)["probs"].mean(0)
+    except (OSError, BusiDataError, KeyError, ValueError):
+        home_mix = None
     try:
-        folder = save_site(models, rows, state, params, table, name, split, args.labelled, str(args.data), args.force)
+        folder = save_site(
+            models, rows, state, params, table, name, split, args.labelled, str(args.data), args.force, home_mix
+        )
     except SiteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
