@@ -52,9 +52,10 @@ def test_the_members_prediction_and_the_graph_compute_the_same_tta():
 
 
 def test_no_other_inference_code_mirrors_a_batch():
-    """Written once: apart from ``core/tta.py``, only the training augmentation flips tensors."""
+    """Written once: apart from ``core/tta.py``, only the training augmentation flips tensors
+    (stage 1's, and the few-label fine-tuning's random mirror images in ``adapt/fewshot.py``)."""
     package = config.repo_root() / "busi_utils"
     flipping = sorted(
         str(p.relative_to(package)) for p in package.rglob("*.py") if ".flip(" in p.read_text(encoding="utf-8")
     )
-    assert flipping == ["core/tta.py", "stage1/augment.py"], flipping
+    assert flipping == ["adapt/fewshot.py", "core/tta.py", "stage1/augment.py"], flipping

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from busi_utils.core.errors import RunFolderError, SiteError
 from busi_utils.core.files import atomic_write_json, file_sha256, read_json
+from busi_utils.core.runfolder import RunPaths
 
 SITE_VERSION = 1
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -37,22 +38,22 @@ def check_name(name: str) -> str:
 
 
 def sites_folder(run_root: str | os.PathLike) -> Path:
-    return Path(run_root) / "sites"
+    return RunPaths(Path(run_root)).sites
 
 
 def site_folder(run_root: str | os.PathLike, name: str) -> Path:
-    return sites_folder(run_root) / check_name(name)
+    return RunPaths(Path(run_root)).site(check_name(name))
 
 
 def run_fingerprint(run_root: str | os.PathLike) -> str:
     """One hash of the run's stage-1 fold U-Nets and stage-2 members and fusion (the hash
     notebook 04 stored when it finalised them): a site belongs to exactly these models."""
-    root = Path(run_root)
-    summary = read_json(root / "models" / "classifier_summary.json") or {}
+    paths = RunPaths(Path(run_root))
+    summary = read_json(paths.classifier_summary) or {}
     models = summary.get("finalised", {}).get("models_sha256")
-    unets = sorted((root / "masks").glob("unet_fold*.pt"))
+    unets = paths.fold_unet_files()
     if models is None or not unets:
-        raise RunFolderError(f"{root}: no finalised models to adapt (run notebooks 02-04, or `make course`)")
+        raise RunFolderError(f"{paths.root}: no finalised models to adapt (run notebooks 02-04, or `make course`)")
     h = hashlib.sha256(models.encode())
     for f in unets:
         h.update(f"{f.name}:{file_sha256(f)}".encode())

@@ -92,6 +92,10 @@ class RunPaths:
         once, with its hash in the ``.json`` beside it)."""
         return self.external / f"{key}_patient_split.csv"
 
+    sites = property(lambda self: self.root / "sites")  # 08: one folder per site (adapt.site names its files)
+    site = lambda self, name: self.sites / name  # noqa: E731 (a path, like the properties above)
+    fold_unet_files = lambda self: sorted(self.masks.glob("unet_fold*.pt"))  # noqa: E731 (every fold's, for a site)
+
     def fold_unet(self, fold: int) -> Path:
         """The U-Net trained without fold ``fold``: it predicts that fold's masks and is one
         member of the ensemble that predicts the test split (and every new scan)."""

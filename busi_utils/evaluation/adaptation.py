@@ -32,7 +32,6 @@ def batchnorm_state(models: RunModels, scans: Segmented, part: str) -> dict:
     """AdaBN for the run's graphs on a site's unlabelled ``scans`` (:data:`BN_PARTS`): the
     state a site stores. The classifiers are adapted on the inputs they will see, built with
     the masks of the (adapted, when asked) segmenter."""
-
     if part not in BN_PARTS:
         raise ValueError(f"unknown batch-norm part {part!r}: {', '.join(BN_PARTS)}")
     state: dict = {}
@@ -206,7 +205,6 @@ def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled:
 
 def _lesion_dice(seg_graph, scans: Segmented, rows: np.ndarray, size: int) -> float:
     """Mean Dice of ``seg_graph`` on the lesion scans at positions ``rows`` (with their masks)."""
-
     store = scans.stores[size]
     with torch.no_grad():
         p = seg_graph(torch.from_numpy(store.images[rows][:, None] / np.float32(255))).numpy()[:, 0]

@@ -245,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "except in the BUS-UCLM layout, whose publishers ship 13 such masks",
     )
     ap.add_argument("--bootstrap", type=_positive_int, default=1000, help="patient-bootstrap resamples (default 1000)")
-    ap.add_argument(
-        "--site", default=None, help="answer as an adapted site of the run (python -m busi_utils.serve.adapt)"
-    )
+    ap.add_argument("--site", default=None, help="answer as an adapted site of the run (serve.adapt)")
     args = ap.parse_args(argv)
 
     start = time.perf_counter()
@@ -265,19 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    if args.site:
-        try:
-            models = models.with_site(args.site)
-        except SiteError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    try:
+        models = models.with_site(args.site) if args.site else models
+    except SiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     fitted_on = sorted(set(index["patient"].astype(str)) & getattr(models, "site_patients", set()))
     if fitted_on:  # the site was fitted on some of these patients: their scores are no test
-        print(
-            f"note: {len(fitted_on)} patient(s) of this set ({', '.join(fitted_on[:5])}) were used to fit site "
-            f"{args.site}; their scans are scored but are not a test (see site_fitted_patients in the report)",
-            file=sys.stderr,
-        )
+        print(f"note: site {args.site} was fitted on {len(fitted_on)} of these patients: no test", file=sys.stderr)
     table, _ = predict_external(models, index, adapt=args.adapt)
     report = {
         "site_fitted_patients": fitted_on,

@@ -252,5 +252,5 @@ def export_site_onnx(
         "entropy_cutoff": float(params["entropy_cutoff"]),
         "site": name,
     }
-    atomic_write_json(folder / "recipe.json", site_recipe)
+    atomic_write_json(folder / paths.export_recipe.name, site_recipe)
     return site_recipe

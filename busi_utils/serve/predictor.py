@@ -55,7 +55,7 @@ class Predictor:
         self.site = read_site(paths.root, site) if site else None
         recipe, why = export_status(paths) if backend != "torch" else (None, "torch backend requested")
         if self.site is not None and recipe is not None:
-            recipe = read_json(self.site.exports / "recipe.json")  # read_site checked every file's hash
+            recipe = read_json(self.site.exports / paths.export_recipe.name)  # read_site checked every file's hash
         if backend == "onnx" and recipe is None:
             raise RunFolderError(f"{paths.export_recipe}: cannot use the ONNX backend: {why}")
         if recipe is not None:
