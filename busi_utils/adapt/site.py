@@ -81,6 +81,12 @@ class Site:
     def state_path(self) -> Path:
         return self.folder / STATE
 
+    def load_state(self) -> dict:
+        """The site's batch-norm statistics and weights (:mod:`torch` state dicts)."""
+        import torch  # light CLI path: only a torch backend or an evaluation loads the state
+
+        return torch.load(self.state_path, weights_only=True)
+
     def answer_params(self) -> dict:
         """What the site answers with: its decision rule, temperature and referral cutoff."""
         return {k: self.manifest[k] for k in ("fusion", "temperature", "entropy_cutoff")}

@@ -15,9 +15,8 @@ from busi_utils import data
 from busi_utils.adapt import batchnorm as abn
 from busi_utils.adapt import fewshot, prior
 from busi_utils.core.config import CLASSES
-from busi_utils.core.images import prob_to_uint8
-from busi_utils.evaluation import metrics, uncertainty
-from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_stores, subset
+from busi_utils.evaluation import metrics, report, uncertainty
+from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_probs, segment_stores, subset
 from busi_utils.evaluation.report import P
 from busi_utils.stage1.segmentation import score_masks
 from busi_utils.stage2 import classification as cls
@@ -116,10 +115,12 @@ def scores(labels, probs: np.ndarray, dice: np.ndarray | None = None) -> dict:
 
 
 def learning_curve(
-    dev: pd.DataFrame, evaluation: pd.DataFrame, base: dict, ks, draws: int, seed: int, progress=None
+    dev: pd.DataFrame, evaluation: pd.DataFrame, base: dict, ks, draws: int, seed: int, progress=None, n_boot: int = 0
 ) -> pd.DataFrame:
     """For each ``k`` and draw of ``k`` development patients: the decision refitted on their
-    scans alone (:func:`refit_decision`), scored on the evaluation patients. One row per fit."""
+    scans alone (:func:`refit_decision`), scored on the evaluation patients. One row per fit;
+    with ``n_boot``, each fit's macro-F1 also carries its patient-bootstrap interval
+    (``macro_f1_ci95``)."""
     pool = sorted(dev["patient"].astype(str).unique())
     rows = []
     plan = [
@@ -130,6 +131,11 @@ def learning_curve(
     for k, d, patients in progress(plan) if progress else plan:
         picked = dev[dev["patient"].astype(str).isin(patients)]
         params = refit_decision(picked, base)
+        answers = answer(evaluation, params)
+        if n_boot:
+            ci = report.scores_with_ci(evaluation["label"], answers, n_boot, seed, evaluation["patient"])[
+                "macro_f1_ci95"
+            ]
         rows.append(
             {
                 "k": k,
@@ -138,7 +144,8 @@ def learning_curve(
                 "scans": len(picked),
                 "lesion_scans": int((picked["label"] != "normal").sum()),
                 "threshold": params["fusion"].get("threshold"),
-                **scores(evaluation["label"], answer(evaluation, params), evaluation["dice"].to_numpy()),
+                **scores(evaluation["label"], answers, evaluation["dice"].to_numpy()),
+                **({"macro_f1_ci95": ci} if n_boot else {}),
             }
         )
     return pd.DataFrame(rows)
@@ -206,9 +213,7 @@ def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled:
 def _lesion_dice(seg_graph, scans: Segmented, rows: np.ndarray, size: int) -> float:
     """Mean Dice of ``seg_graph`` on the lesion scans at positions ``rows`` (with their masks)."""
     store = scans.stores[size]
-    with torch.no_grad():
-        p = seg_graph(torch.from_numpy(store.images[rows][:, None] / np.float32(255))).numpy()[:, 0]
-    return float(np.mean(score_masks(prob_to_uint8(p).astype(np.float32) / 255.0, store.masks[rows])["dice"]))
+    return float(np.mean(score_masks(segment_probs(seg_graph, store.images[rows]), store.masks[rows])["dice"]))
 
 
 def finetune_study(
@@ -238,6 +243,7 @@ def finetune_study(
         return pd.DataFrame(columns=columns)
     rows = []
     plan = [(d, draw, lay) for d, draw in enumerate(fewshot.draw_patients(pool, k, draws, seed)) for lay in layers]
+    before = {}  # the untuned U-Net's Dice, once per draw
     for d, draw, lay in progress(plan) if progress else plan:
         train = np.isin(patients, draw)
         held = np.flatnonzero(~train & lesion)
@@ -257,7 +263,7 @@ def finetune_study(
         after = type(g)([tuned], list(g.stats[:1]), g.flip, g.size)
         rows.append(
             {"draw": d, "layers": lay, "k": k, "train_scans": int(train.sum()), "held_out_lesion_scans": len(held),
-             "dice_before": _lesion_dice(one, scans, held, models.seg_size),
+             "dice_before": before.setdefault(d, _lesion_dice(one, scans, held, models.seg_size)),
              "dice_after": _lesion_dice(after, scans, held, models.seg_size)}
         )  # fmt: skip
     return pd.DataFrame(rows, columns=columns)

@@ -140,11 +140,8 @@ class RunModels:
     def with_site(self, name: str) -> RunModels:
         """A copy that answers as the Predictor does with ``site=name`` (a folder written by
         ``python -m busi_utils.serve.adapt``; refused when made for other models)."""
-        import torch  # torch, after the CLI's checks
-
         fitted = site.read_site(self.paths.root, name)
-        state = torch.load(fitted.state_path, weights_only=True)
-        other = self.with_state(state, fitted.answer_params())
+        other = self.with_state(fitted.load_state(), fitted.answer_params())
         other.gt_model = None  # the ceiling is the run's, never adapted
         other.site_patients = set(map(str, fitted.manifest.get("data", {}).get("patients", [])))
         return other
@@ -198,18 +195,22 @@ def resize_external(models: RunModels, index: pd.DataFrame, adapt: str = "none",
     return stores
 
 
+def segment_probs(seg_graph, images: np.ndarray) -> np.ndarray:
+    """A segmenter graph over uint8 scans (N, S, S): lesion probabilities, 8-bit as stored for training."""
+    import torch  # torch, after the CLI's checks
+
+    with torch.no_grad():
+        probs = np.concatenate(
+            [seg_graph(torch.from_numpy(images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
+             for k in range(0, len(images), 32)]
+        )  # fmt: skip
+    return prob_to_uint8(probs).astype(np.float32) / 255.0
+
+
 def segment_stores(models: RunModels, ids: list[str], stores: dict, adapt: str = "none") -> Segmented:
     """Run the run's (or a site's) fold-U-Net ensemble over resized scans: the 8-bit lesion
     probabilities as stored for training."""
-    import torch  # torch, after the CLI's checks
-
-    seg_images = stores[models.seg_size].images
-    with torch.no_grad():
-        probs = np.concatenate(
-            [models.seg_graph(torch.from_numpy(seg_images[k : k + 32, None] / np.float32(255))).numpy()[:, 0]
-             for k in range(0, len(seg_images), 32)]
-        )  # fmt: skip
-    return Segmented(list(ids), adapt, stores, prob_to_uint8(probs).astype(np.float32) / 255.0)
+    return Segmented(list(ids), adapt, stores, segment_probs(models.seg_graph, stores[models.seg_size].images))
 
 
 def segment_external(models: RunModels, index: pd.DataFrame, adapt: str = "none", progress: bool = True) -> Segmented:

@@ -52,8 +52,7 @@ class TorchBackend:
         if site is not None:  # a fitted site (busi_utils.adapt.site): its statistics and weights put in
             from busi_utils.adapt.site import apply_state  # light CLI path: loaded when used
 
-            state = torch.load(site.state_path, weights_only=True)
-            self.seg_graph, self.graphs = apply_state(self.seg_graph, self.graphs, state)
+            self.seg_graph, self.graphs = apply_state(self.seg_graph, self.graphs, site.load_state())
 
     def segment(self, x: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
