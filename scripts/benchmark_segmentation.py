@@ -24,6 +24,7 @@ import pandas as pd
 
 from busi_utils import data
 from busi_utils.core import benchmark, runfolder
+from busi_utils.core.images import lesion_confidence
 from busi_utils.data import preprocess
 from busi_utils.stage1 import segmentation as seg
 
@@ -63,7 +64,7 @@ def presence_evidence(probs: np.ndarray) -> pd.DataFrame:
             "mass": float(p.mean()),
         }
         for k in POOL_WINDOWS:
-            row[f"pooled_{k}"] = float(ndimage.uniform_filter(p.astype(np.float64), size=k, mode="constant").max())
+            row[f"pooled_{k}"] = float(lesion_confidence(p, k))  # the Predictor's own, at window k
         rows.append(row)
     return pd.DataFrame(rows).round(5)
 
