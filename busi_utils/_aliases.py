@@ -13,7 +13,7 @@ import warnings
 
 MOVED = {  # old name -> new home
     "config": "core.config", "errors": "core.errors", "files": "core.files", "runfolder": "core.runfolder",
-    "images": "core.images", "viz": "core.viz", "benchmark": "core.benchmark",
+    "images": "core.images", "viz": "core.viz", "benchmark": "evaluation.benchmark",
     "synthetic": "data.synthetic", "dedup": "data.dedup", "splits": "data.splits",
     "preprocess": "data.preprocess", "external": "data.external",
     "pretrained": "stage1.pretrained", "training": "stage1.training", "augment": "stage1.augment",

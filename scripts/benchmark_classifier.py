@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from busi_utils import data
-from busi_utils.core import benchmark, runfolder
-from busi_utils.evaluation import metrics
+from busi_utils.core import runfolder
+from busi_utils.evaluation import benchmark, metrics
 from busi_utils.stage1 import segmentation as seg
 from busi_utils.stage2 import classification as cls
 

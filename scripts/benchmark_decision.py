@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from busi_utils import data
-from busi_utils.core import benchmark, config, runfolder
+from busi_utils.core import config, runfolder
 from busi_utils.core.files import read_json
 from busi_utils.data import external, splits
-from busi_utils.evaluation import metrics, pipeline
+from busi_utils.evaluation import benchmark, metrics, pipeline
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion
 

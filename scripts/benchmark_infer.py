@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from busi_utils import data
-from busi_utils.core import benchmark, runfolder
+from busi_utils.core import runfolder
 from busi_utils.data.synthetic import png_claiming
+from busi_utils.evaluation import benchmark
 
 REFUSAL_TARGET_S = 0.5
 

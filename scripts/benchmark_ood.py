@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from busi_utils import data
-from busi_utils.core import benchmark, files, runfolder
+from busi_utils.core import files, runfolder
 from busi_utils.data import external
+from busi_utils.evaluation import benchmark
 from busi_utils.serve import infer
 
 

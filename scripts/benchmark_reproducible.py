@@ -18,11 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from busi_utils.core import benchmark, reproducible
+from busi_utils.core import reproducible
+from busi_utils.evaluation import benchmark
 
 CHILD = r"""
 import json, time, busi_utils, torch
-from busi_utils.core import benchmark, reproducible
+from busi_utils.evaluation import benchmark
+from busi_utils.core import reproducible
 from busi_utils.stage2 import networks
 
 def step_ms(model, x, y, loss_fn, repeats=5):

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from busi_utils import data
-from busi_utils.core import benchmark, runfolder
+from busi_utils.core import runfolder
 from busi_utils.core.images import lesion_confidence
 from busi_utils.data import preprocess
+from busi_utils.evaluation import benchmark
 from busi_utils.stage1 import segmentation as seg
 
 DEFAULTS = {

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from busi_utils.core import benchmark
 from busi_utils.core.files import read_json
 from busi_utils.core.runfolder import RunPaths
+from busi_utils.evaluation import benchmark
 
 HOME = ("accuracy", "macro_f1", "benign_malignant_auc")
 AWAY = ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")

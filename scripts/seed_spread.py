@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from busi_utils import data
-from busi_utils.core import benchmark, config, runfolder
+from busi_utils.core import config, runfolder
 from busi_utils.core.files import read_json
 from busi_utils.data import external
-from busi_utils.evaluation import metrics, pipeline, uncertainty
+from busi_utils.evaluation import benchmark, metrics, pipeline, uncertainty
 from busi_utils.evaluation import seeds as seed_record
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion

@@ -11,10 +11,10 @@ import torch
 from helpers import tiny_course_classifier_recipe
 
 from busi_utils.core.layout import channels_last
-from busi_utils.serve.graphs import ClassifierGraph, SegmenterGraph
 from busi_utils.stage1 import predict as seg_predict
 from busi_utils.stage1.unet import LightUNet
 from busi_utils.stage2 import classification as cls
+from busi_utils.stage2.graphs import ClassifierGraph, SegmenterGraph
 from busi_utils.stage2.networks import build_classifier
 
 CL = torch.channels_last

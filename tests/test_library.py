@@ -168,3 +168,26 @@ def test_importing_busi_utils_silences_torchvisions_jit_notice_and_nothing_else(
     if "jit.script" not in bare.stderr:
         pytest.skip("this torch/torchvision pair raises no jit.script notice")
     assert "jit.script" not in ours.stderr and "still shown" in ours.stderr
+
+
+STAGES = ("core", "data", "stage1", "stage2", "adapt", "evaluation", "serve")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a stage to a later one in :data:`STAGES` (a module may use what lies
+    below it, never what lies above)."""
+
+    def rank(name: str) -> int:
+        part = name.split(".")[1]
+        return STAGES.index(part) if part in STAGES else len(STAGES)  # course, book: above everything
+
+    edges = ((a, b) for a, targets in graph.items() for b in targets if "." in a and "." in b)  # not the package
+    return sorted(f"{a} -> {b}" for a, b in edges if rank(b) > rank(a))
+
+
+def test_imports_point_down_the_stage_list():
+    known = modules()
+    graph = {name: imports_of(path, known) for name, path in known.items()}
+    assert upward_imports(graph) == []
+    graph["busi_utils.core.viz"].add("busi_utils.data.busi")  # a negative control: core reading the data stage
+    assert upward_imports(graph) == ["busi_utils.core.viz -> busi_utils.data.busi"]

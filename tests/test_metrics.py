@@ -119,7 +119,7 @@ def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
 def test_benchmark_verdict_names_the_profiles_candidate_and_the_spread():
     import pandas as pd
 
-    from busi_utils.core import benchmark
+    from busi_utils.evaluation import benchmark
 
     table = pd.DataFrame(
         {

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from busi_utils.core import config, tta
-from busi_utils.serve.graphs import ClassifierGraph
 from busi_utils.stage2 import classification as cls
+from busi_utils.stage2.graphs import ClassifierGraph
 
 
 def tiny_member(seed: int = 0) -> nn.Sequential:

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from busi_utils.stage1 import training
+from busi_utils.core.schedule import phases
 
 PIPELINE = [  # (label, detail, colour): the boxes of the two-stage pipeline, left to right
     ("scan", "grayscale\nultrasound", "#d9d9d9"),
@@ -92,7 +92,7 @@ def schedule(recipe: dict, n_batches: int = 100) -> dict[str, np.ndarray]:
     )
 
     body, head, frozen = [], [], 0
-    for ph in training.phases(recipe, float(recipe["lr"])):
+    for ph in phases(recipe, float(recipe["lr"])):
         steps = ph["epochs"] * n_batches
         f = combined_cos(ph["pct_start"], 1 / ph["div"], 1.0, 1 / 1e5)  # fastai's div_final: 1e5
         shape = np.array([f(i / steps) for i in range(steps)])

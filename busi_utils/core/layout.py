@@ -16,7 +16,7 @@ Stage 2 trains in it on the CPU through fastai's own callback
 (``learn.to_channelslast(use_amp=False)``). Every torch inference path
 (:func:`busi_utils.stage1.predict.predict_probs`,
 :func:`busi_utils.stage2.classification.predict_proba`, the inference graphs of
-``busi_utils.serve.graphs``) converts its model with :func:`channels_last`, in place; the ONNX
+``busi_utils.stage2.graphs``) converts its model with :func:`channels_last`, in place; the ONNX
 graphs exported from them carry no layout (onnxruntime chooses its own). Stage 1 trains in the
 default layout: there the gain was within the machine's noise (0.53-0.58 s -> 0.46-0.51 s a
 step), and its recipe was measured as it is.

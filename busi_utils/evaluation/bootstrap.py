@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from busi_utils.evaluation.scores import classification_metrics
+from busi_utils.core.scores import classification_metrics
 
 
 def resample_indices(rng: np.random.Generator, n: int, groups: Sequence | None = None) -> np.ndarray:

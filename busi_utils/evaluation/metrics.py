@@ -1,5 +1,5 @@
 """Segmentation and classification metrics, with the conventions written down, and their
-intervals: the scores themselves are :mod:`~busi_utils.evaluation.scores`, the bootstrap
+intervals: the scores themselves are :mod:`~busi_utils.core.scores`, the bootstrap
 :mod:`~busi_utils.evaluation.bootstrap`; this module gathers both, so chapters call
 ``metrics.<name>``.
 
@@ -7,15 +7,7 @@ Empty-mask convention (Dice/IoU per image): if truth and prediction are both emp
 score is 1 (nothing to find, nothing found); if only one is empty it is 0.
 """
 
-from busi_utils.evaluation.bootstrap import (
-    bootstrap_ci,
-    classification_with_ci,
-    mask_verdict,
-    paired_bootstrap_diff,
-    resample_indices,
-    seed_differences,
-)
-from busi_utils.evaluation.scores import (
+from busi_utils.core.scores import (
     classification_metrics,
     dice_iou,
     expected_calibration_error,
@@ -23,6 +15,14 @@ from busi_utils.evaluation.scores import (
     referral_catch,
     referral_curve,
     reliability_curve,
+)
+from busi_utils.evaluation.bootstrap import (
+    bootstrap_ci,
+    classification_with_ci,
+    mask_verdict,
+    paired_bootstrap_diff,
+    resample_indices,
+    seed_differences,
 )
 
 __all__ = [

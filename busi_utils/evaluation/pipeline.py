@@ -77,9 +77,9 @@ class RunModels:
     shape-alone model and, when notebook 05 trained it, the leaky ground-truth-mask ceiling."""
 
     def __init__(self, run_dir: str | Path):
-        from busi_utils.serve.export import load_graphs, view_graph  # torch, after the CLI's checks
         from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
+        from busi_utils.stage2.graphs import load_graphs, view_graph  # torch, after the CLI's checks
 
         self.paths = RunPaths(Path(run_dir).resolve())
         summary = read_json(self.paths.classifier_summary)
@@ -105,8 +105,8 @@ class RunModels:
         referral cutoff; the ground-truth ceiling, trained for the run's seed alone, and the
         out-of-distribution check, fitted on the run's own members' features, are left out.
         The run's own models are not changed."""
-        from busi_utils.serve.export import view_graph  # torch, after the CLI's checks
         from busi_utils.stage2 import crossfit  # torch, after the CLI's checks
+        from busi_utils.stage2.graphs import view_graph  # torch, after the CLI's checks
 
         members = self.summary["members"]
         _require_members(self.paths, list(self.graphs), members, tag, f"seed tag {tag}: run scripts/seed_spread.py")
@@ -243,9 +243,9 @@ def predict_external(
     class probabilities, and the out-of-distribution score (``ood_score``, above 1: flagged). Returns ``(table, predicted lesion probabilities at the U-Net's size)``.
     ``segmented``: :func:`segment_external`'s answer for this index and adaptation, computed once
     for several sets of stage-2 members; by default computed here."""
-    from busi_utils.serve.export import classify_batch  # torch, after the CLI's checks
     from busi_utils.stage1.segmentation import score_masks  # torch, after the CLI's checks
     from busi_utils.stage2 import classification as cls  # torch, after the CLI's checks
+    from busi_utils.stage2.graphs import classify_batch  # torch, after the CLI's checks
 
     segmented = segmented or segment_external(models, index, adapt, progress)
     if segmented.adapt != adapt or segmented.ids != index["image_id"].tolist():

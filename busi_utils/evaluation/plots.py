@@ -15,7 +15,7 @@ import seaborn as sns
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from busi_utils.core.config import CLASSES
-from busi_utils.evaluation.scores import reliability_curve
+from busi_utils.core.scores import reliability_curve
 
 
 def confusion_matrices(frames: Mapping[str, pd.DataFrame], names: Sequence[str]):
@@ -61,7 +61,7 @@ def reliability(labels: Sequence[str], named_probs: Mapping[str, np.ndarray], ti
 
 def referral(curve: pd.DataFrame, title: str, marked: float | None = None):
     """Accuracy on the cases kept against the share of the most uncertain ones referred
-    (:func:`busi_utils.evaluation.scores.referral_curve`); ``marked``: the share the tool's
+    (:func:`busi_utils.core.scores.referral_curve`); ``marked``: the share the tool's
     cutoff refers, drawn as a dotted line."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(curve["referred"] * 100, curve["accuracy"], marker="o")

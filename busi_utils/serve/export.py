@@ -9,7 +9,7 @@ The exported graphs are the whole prediction of each stage, not just the network
   probabilities over the TTA views (identity, mirror, seeded zoom-and-shift crops) and the
   pooled features of the identity view (for the out-of-distribution distance).
 
-:class:`SegmenterGraph` and :class:`ClassifierGraph` (:mod:`busi_utils.serve.graphs`) are those computations as torch modules:
+:class:`SegmenterGraph` and :class:`ClassifierGraph` (:mod:`busi_utils.stage2.graphs`) are those computations as torch modules:
 the torch inference path runs them directly, the export traces them, and the parity test
 compares the two. ``recipe.json`` beside them holds everything else a predictor needs.
 Everything here reads validation and training data only: the test split stays untouched.
@@ -35,15 +35,15 @@ from busi_utils.core.runfolder import EXPORT_RECIPE_SCHEMA, RunPaths, export_sta
 from busi_utils.core.tta import affine_grid, sample_view, tta_thetas
 from busi_utils.evaluation import uncertainty
 from busi_utils.evaluation.metrics import classification_metrics
-from busi_utils.serve.graphs import (
+from busi_utils.stage1 import segmentation as seg
+from busi_utils.stage2 import crossfit, fusion
+from busi_utils.stage2.graphs import (
     ClassifierGraph,
     SegmenterGraph,
     classify_batch,
     load_graphs,
     view_graph,
 )
-from busi_utils.stage1 import segmentation as seg
-from busi_utils.stage2 import crossfit, fusion
 
 __all__ = [  # this module's own names, and those it gathers from graphs and tta (chapters call them as export.<name>)
     "affine_grid",

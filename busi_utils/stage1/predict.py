@@ -15,7 +15,7 @@ import torch.nn as nn
 from busi_utils.core import tta
 from busi_utils.core.files import load_checkpoint, save_checkpoint
 from busi_utils.core.layout import channels_last
-from busi_utils.evaluation.metrics import dice_iou
+from busi_utils.core.scores import dice_iou
 from busi_utils.stage1.unet import segmenter_from_recipe
 
 

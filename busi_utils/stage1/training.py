@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from busi_utils.core.schedule import phases, uses_fine_tune  # re-exported: training.phases is the recipe's schedule
+
 __all__ = ["Trained", "uses_fine_tune", "phases", "fit", "fastai_sgd_step", "total_epochs", "temporary_folder", "quiet"]
 
 
@@ -38,32 +40,9 @@ class Trained:
     trained: bool
 
 
-def uses_fine_tune(recipe: dict) -> bool:
-    """True for a pretrained network with a frozen first phase in its recipe."""
-    return bool(recipe.get("pretrained")) and int(recipe.get("freeze_epochs", 0)) > 0
-
-
 def total_epochs(recipe: dict) -> int:
     """Epochs actually run: the frozen phase (if any) plus the main phase."""
     return int(recipe["epochs"]) + (int(recipe.get("freeze_epochs", 0)) if uses_fine_tune(recipe) else 0)
-
-
-def phases(recipe: dict, lr: float) -> list[dict]:
-    """The ``fit_one_cycle`` calls a recipe makes, in order: epochs, the head's and the pretrained
-    body's peak rates (``body`` None while it is frozen), ``pct_start`` and ``div``. :func:`fit`
-    runs them; the chapters draw them (:func:`busi_utils.core.diagrams.schedule`)."""
-    epochs = int(recipe["epochs"])
-    if uses_fine_tune(recipe):  # fastai's fine_tune: frozen, then everything at half the rate
-        half = lr / 2
-        body = half / float(recipe.get("lr_mult", 100))
-        return [
-            {"epochs": int(recipe["freeze_epochs"]), "head": lr, "body": None, "pct_start": 0.99, "div": 25.0},
-            {"epochs": epochs, "head": half, "body": body, "pct_start": 0.3, "div": 5.0},
-        ]
-    if recipe.get("pretrained") and recipe.get("lr_mult"):  # no frozen phase, discriminative rates
-        pct = float(recipe.get("pct_start", 0.25))
-        return [{"epochs": epochs, "head": lr, "body": lr / float(recipe["lr_mult"]), "pct_start": pct, "div": 25.0}]
-    return [{"epochs": epochs, "head": lr, "body": lr, "pct_start": 0.25, "div": 25.0}]  # one rate for all
 
 
 def fit(learn, recipe: dict, lr: float, cbs: list | None = None) -> tuple[pd.DataFrame, float]:

@@ -27,7 +27,7 @@ from busi_utils.core import images
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_text
 from busi_utils.core.runfolder import RunPaths
-from busi_utils.evaluation.metrics import classification_metrics
+from busi_utils.core.scores import classification_metrics
 from busi_utils.stage1.segmentation import fold_seed
 from busi_utils.stage1.training import Trained
 from busi_utils.stage2 import classification as cls

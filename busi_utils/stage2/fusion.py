@@ -105,7 +105,7 @@ def fit_presence_slope(y: np.ndarray, conf) -> float:
 
 
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
-    from busi_utils.evaluation.metrics import (
+    from busi_utils.core.scores import (
         macro_f1_indices,  # here: metrics imports pandas, which the light Predictor never loads
     )
 
@@ -177,7 +177,7 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf, s
     import pandas as pd  # light CLI path: loaded when used
     from sklearn.metrics import log_loss  # light CLI path: loaded when used
 
-    from busi_utils.evaluation.metrics import classification_metrics  # light CLI path: loaded when used
+    from busi_utils.core.scores import classification_metrics  # light CLI path: loaded when used
 
     y = np.array([CLASSES.index(str(label)) for label in labels])
     folds = np.asarray(folds)
@@ -204,7 +204,7 @@ def compare(labels: Sequence[str], folds: Sequence[int], p_scan, p_crop, conf, s
 def paired_se(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, seed: int = 0, n_boot: int = N_BOOT_SE) -> float:
     """Bootstrap standard error of macro-F1(a) - macro-F1(b) over images (both scored on the
     same resampled images each time). 0 when a and b give the same answers."""
-    from busi_utils.evaluation.metrics import (
+    from busi_utils.core.scores import (
         macro_f1_indices,  # here: metrics imports pandas, which the light Predictor never loads
     )
 
@@ -253,7 +253,7 @@ SCAN_VIEW, CROP_VIEW = "image+pred_mask", "lesion_crop"
 def decide(params: dict, view_probs: dict, conf, temperature: float = 1.0) -> np.ndarray:
     """The method's answer, as the Predictor computes it on either backend: the views' ensemble
     probabilities fused by ``params``, then softened by the temperature fitted on held-out images."""
-    from busi_utils.evaluation.uncertainty import apply_temperature  # light CLI path: loaded when used
+    from busi_utils.core.calibration import apply_temperature  # light CLI path: loaded when used
 
     fused = fuse(params, view_probs[SCAN_VIEW], view_probs.get(CROP_VIEW, view_probs[SCAN_VIEW]), conf)
     return apply_temperature(fused, temperature)
