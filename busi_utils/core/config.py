@@ -53,6 +53,25 @@ def cache_dir() -> Path:
     return path
 
 
+def shown_path(path: os.PathLike | str) -> str:
+    """``path`` as a chapter prints it: relative to the checkout, or under the name that configures
+    it (``$BUSI_ROOT``, ``$BUS_UCLM_ROOT``, ``$BUSI_CACHE``, ``~``), never this machine's absolute
+    path, so an executed chapter reads the same on every machine and leaks no one's folders."""
+    path = Path(path).expanduser().resolve()
+    named = [(f"${v}", os.environ.get(v)) for v in ("BUSI_ROOT", "BUS_UCLM_ROOT")]
+    named += [("$BUSI_CACHE", str(cache_dir())), (".", str(repo_root())), ("~", str(Path.home()))]
+    for name, base in named:
+        if not base:
+            continue
+        base_path = Path(base).expanduser().resolve()
+        if path == base_path:
+            return name if name != "." else "."
+        if path.is_relative_to(base_path):
+            rest = path.relative_to(base_path).as_posix()
+            return rest if name == "." else f"{name}/{rest}"
+    return path.name
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so the same seed gives the same split and numbers
     (on the CPU; GPU kernels may still differ in the last digits)."""

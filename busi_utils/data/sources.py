@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from busi_utils.core.config import CLASSES, cache_dir, repo_root
+from busi_utils.core.config import CLASSES, cache_dir, repo_root, shown_path
 from busi_utils.core.errors import BusiDataError, DataNotFoundError
 from busi_utils.core.files import atomic_path, atomic_write_json, file_sha256, read_json
 
@@ -47,7 +47,8 @@ class DataSource:
                 "test, <b>not a result on breast ultrasound</b>. Set <code>BUSI_ROOT</code> "
                 "to the Kaggle zip or folder (see README) and run again.</div>"
             )
-        return f"Data: **{self.kind}** `{self.origin}` → `{self.root}`"
+        origin = shown_path(self.origin) if Path(self.origin).exists() else self.origin
+        return f"Data: **{self.kind}** `{origin}` → `{shown_path(self.root)}`"
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "kind": self.kind, "origin": self.origin}
