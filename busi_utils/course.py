@@ -74,6 +74,14 @@ def record_time(timing: dict, stem: str, seconds: float, changed: Sequence[str])
     return full
 
 
+def as_parameter(run_root: Path) -> str:
+    """The run folder as the chapters' ``run_dir`` parameter: relative to ``notebooks/`` (their
+    working directory) when it lies in the checkout, so the executed chapter and the book show
+    ``../runs/cpu`` rather than this machine's folders; absolute elsewhere."""
+    root, notebooks = run_root.resolve(), repo_root() / "notebooks"
+    return os.path.relpath(root, notebooks) if root.is_relative_to(repo_root()) else str(root)
+
+
 def run_course(
     profile: str = "cpu",
     run_dir: str | None = None,
@@ -93,10 +101,10 @@ def run_course(
     import papermill as pm  # papermill: loaded where used (slow import)
 
     paths = RunPaths.for_profile(profile, run_dir)
-    params = {
+    params = {  # as the executed chapter shows them: no machine path (the kernel reads $BUSI_ROOT itself)
         "profile": profile,
-        "run_dir": str(paths.root),
-        "busi_root": busi_root or os.environ.get("BUSI_ROOT"),
+        "run_dir": as_parameter(paths.root),
+        "busi_root": busi_root,
         "seed": seed,
     }
     timing = read_timing(paths)

@@ -6,6 +6,7 @@ import shutil
 
 from busi_utils import course
 from busi_utils.core import files
+from busi_utils.core.config import repo_root
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.evaluation import report
 
@@ -75,3 +76,10 @@ def test_temporaries_of_a_killed_writer_are_removed_and_a_live_writer_s_kept(tmp
     removed = remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted([*stale, tmp_path / f".folder.tmp{pid}"])
     assert live.exists() and all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+
+def test_the_run_folder_parameter_names_no_machine_folder_inside_the_checkout(tmp_path):
+    """The executed chapters (and the book) show ``run_dir = "../runs/cpu"``, not this machine's
+    path; a run folder outside the checkout stays absolute (a relative path there would be a maze)."""
+    assert course.as_parameter(repo_root() / "runs" / "cpu") == "../runs/cpu"
+    assert course.as_parameter(tmp_path / "run") == str((tmp_path / "run").resolve())
