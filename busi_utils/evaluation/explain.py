@@ -4,7 +4,7 @@
 Grad-CAM (Selvaraju et al. 2017) weights the last convolutional feature maps by the
 gradient of the class score: where the network *looked* for that class. It is a coarse
 heat map (the last stage of the Lite0 encoder is 1/32 of the input: 3 x 3 cells at 96 px), a
-hint, not a proof.
+hint, not a proof. :func:`show_cases` draws it beside the scan and its predicted mask.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from busi_utils.core import viz
+from busi_utils.core.config import CLASSES
 
 
 def _last_conv_stage(model: nn.Module) -> nn.Module:
@@ -46,3 +49,19 @@ def grad_cam(model: nn.Module, x: np.ndarray, stats, target: int | None = None) 
         h1.remove()
         h2.remove()
     return (cam / cam.max() if cam.max() > 0 else cam), target
+
+
+def show_cases(model: nn.Module, info: dict, x: np.ndarray, answers, picks) -> None:
+    """Two panels per picked case: the scan with its predicted mask (cyan), and the Grad-CAM map of
+    the class ``answers`` predicted (a frame with image_id, label, pred, rows aligned with ``x``)."""
+    cells, titles = [], []
+    for k in picks:
+        cam, target = grad_cam(model, x[k], info["stats"], target=CLASSES.index(answers["pred"][k]))
+        scan = (x[k, 0] * 255).astype(np.uint8)
+        cells += [
+            viz.overlay(scan, x[k, 1] >= 0.5, color=(0, 1, 1), alpha=0.35),
+            viz.overlay(scan, cam, color=(1, 0.1, 0), alpha=0.6),
+        ]
+        titles += [f"{answers['image_id'][k]} (true {answers['label'][k]})", f"Grad-CAM: {CLASSES[target]}"]
+    if cells:
+        viz.show_grid(cells, titles, ncols=4, size=2.8)

@@ -1,6 +1,8 @@
 """The figures of the evaluation chapters (5 and 7): confusion matrices, ROC curves, the
 reliability diagram, the referral curve, the out-of-distribution scores and the seed study's
-points. Each takes what a
+points; and chapter 6's pictures of what chapter 4 fitted (the temperature's loss curve, the
+clear answers the referral cutoff keeps), and chapter 5's test Dice by class and size and per
+fold U-Net. Each takes what a
 chapter already computed and returns the figure, so a chapter's cell is the computation and
 one call, and chapters 5 and 7 draw their referral curves alike."""
 
@@ -14,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from busi_utils.core.calibration import entropy
 from busi_utils.core.config import CLASSES
 from busi_utils.core.scores import reliability_curve
 
@@ -92,3 +95,46 @@ def seed_points(record: pd.DataFrame, columns: Mapping[str, str], metric: str = 
     ax.set(ylabel=metric, xlabel="", ylim=(0, 1), title="One point per training seed")
     ax.legend(title="", loc="lower left")
     return fig
+
+
+def temperature_nll(temperatures: np.ndarray, losses: Sequence[float], chosen: float):
+    """Out-of-fold negative log-likelihood against the temperature (log axis), with the fitted T
+    and T = 1 (probabilities unchanged) marked: chapter 6 shows where the curve bottoms out."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(temperatures, losses)
+    ax.axvline(chosen, color="tab:red", ls="--", label=f"fitted T = {chosen:.2f}")
+    ax.axvline(1, color="grey", ls=":", label="T = 1 (unchanged)")
+    ax.set(xscale="log", xlabel="temperature T", ylabel="mean NLL, out of fold")
+    ax.legend()
+    return fig
+
+
+def clear_answers(truth: np.ndarray, probs: np.ndarray, target: float, share: float):
+    """Accuracy of the k clearest answers (lowest entropy first) against their share of all cases,
+    with the target accuracy and the share the referral cutoff keeps as clear: the picture of
+    :func:`busi_utils.evaluation.uncertainty.earned_cutoff` (``truth``: class indices)."""
+    right = (np.asarray(probs).argmax(1) == truth)[np.argsort(entropy(probs), kind="stable")]
+    kept = np.arange(1, len(right) + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(kept / len(right) * 100, np.cumsum(right) / kept)
+    ax.axhline(target, color="grey", ls=":", label=f"target: right {target:.0%} of the time")
+    ax.axvline(share * 100, color="tab:red", ls="--", label="kept as clear by the cutoff")
+    ax.set(xlabel="% clearest answers (lowest entropy first)", ylabel="accuracy of those", ylim=(0, 1.02))
+    ax.legend()
+    return fig
+
+
+def dice_by_class_and_size(lesion: pd.DataFrame):
+    """Test Dice of the lesion images by class and by lesion-size tertile (columns dice, label,
+    ``lesion size``): where the U-Net struggles, as boxes rather than one mean."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    sns.boxplot(data=lesion, x="label", y="dice", ax=axes[0]).set(title="Test Dice by class", xlabel="")
+    sns.boxplot(data=lesion, x="lesion size", y="dice", ax=axes[1]).set(title="Test Dice by lesion size", xlabel="")
+    return fig
+
+
+def member_dice(members: pd.DataFrame):
+    """Bars of test Dice, one per fold U-Net and one for their mean (:func:`~busi_utils.stage1.ensemble.member_scores`)."""
+    ax = members.plot.barh(x="model", y="dice", legend=False, figsize=(6, 0.4 * len(members) + 1), xlim=(0, 1))
+    ax.set(xlabel="test Dice (lesion images)", ylabel="", title="One fold U-Net vs the mean of all")
+    return ax.figure

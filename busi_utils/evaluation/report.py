@@ -3,7 +3,9 @@ schemas before they are written: ``models/classifier_summary.json`` (notebook 04
 ``metrics.json`` (notebook 05, extended by 07 and the course runner).
 
 Each ``*_block`` function turns what a notebook section computed into its entry of
-``metrics.json``; the notebook shows the computation, this module owns the file's shape.
+``metrics.json``; the notebook shows the computation, this module owns the file's shape. The
+rest assembles what chapter 5 shows a reader (the ablation rows, scores printed with their
+intervals), so its cells stay short.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from busi_utils import data
 from busi_utils.core import reproducible
 from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_json, read_json
 from busi_utils.core.runfolder import CLASSIFIER_SUMMARY_SCHEMA, METRICS_SCHEMA, RunPaths, validate
 from busi_utils.evaluation import metrics, uncertainty
+from busi_utils.stage2 import classification as cls
+from busi_utils.stage2 import crossfit, fusion, shape
 
 KEYS = ["accuracy", "macro_f1", "malignant_recall", "malignant_specificity", "auc_ovr"]
 LESION_KEYS = ["benign_malignant_auc", "lesions_called_normal"]  # defined on sets without normals too
@@ -101,6 +106,56 @@ def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, se
         block[v] = {**scores, "per_class": per_class}
         rows.append({"variant": v, **{k: _value_ci(scores[k], scores[k + "_ci95"]) for k in skip if k in scores}})
     return block, pd.DataFrame(rows).set_index("variant")
+
+
+def variant_test_probs(
+    paths: RunPaths, vd: cls.VariantData, index: pd.DataFrame, table: pd.DataFrame, head: Mapping, summary: Mapping
+) -> dict[str, pd.DataFrame]:
+    """Chapter 5's rows, as probability frames on the test split (``table``: :func:`crossfit.test_table`):
+    ``head`` (the method and each view's ensemble, already computed in the chapter), then the
+    ablations a reader compares them with: shape alone (the predicted mask's descriptors in a
+    logistic regression), one whole-scan member (fold 0) and the leaky ground-truth-mask ceiling."""
+    ids = table["image_id"]
+    aspect = data.aspect_ratios(index)
+    shapes = shape.shape_matrix([vd.pred_masks[i] for i in ids], [aspect[i] for i in ids])
+    saved = lambda stem: cls.read_probs_file(paths.probabilities(stem, "test")).set_index("image_id").loc[ids, P]
+    rows = {
+        **head,
+        "shape_alone": fusion.predict_shape_alone(summary["shape_alone"], shapes),
+        "image+pred_mask (one member)": saved(crossfit.member_stem(fusion.SCAN_VIEW, 0)).to_numpy(),
+        "image+gt_mask": saved(crossfit.member_stem("image+gt_mask", 0)).to_numpy(),
+    }
+    return {name: cls.probs_frame(ids, table["label"], probs) for name, probs in rows.items()}
+
+
+def ci_text(value: float, ci: Sequence, signed: bool = False) -> str:
+    """A score as a chapter prints it, never without its interval: ``0.712 (95% interval 0.650 to
+    0.770)`` (``signed``: a difference, written with its sign)."""
+    fmt = "+.3f" if signed else ".3f"
+    return f"{value:{fmt}} (95% interval {ci[0]:{fmt}} to {ci[1]:{fmt}})"
+
+
+def accuracy_line(correct: np.ndarray, n_boot: int, seed: int) -> str:
+    """The share of ``correct`` with its bootstrap interval and count (:func:`ci_text` ``on N cases``),
+    so a comparison of two groups of cases (clear vs referred) reads with its noise."""
+    correct = np.asarray(correct, dtype=float)
+    if not len(correct):
+        return "no cases"
+    interval = metrics.bootstrap_ci(lambda idx: correct[idx].mean(), len(correct), n_boot, seed)
+    return f"{ci_text(correct.mean(), interval)} on {len(correct)} cases"
+
+
+def gt_mask_table(classification: Mapping, gt_on_predicted: Mapping) -> pd.DataFrame:
+    """Test accuracy, with its interval, of the ground-truth-mask model fed hand-drawn masks and fed
+    the U-Net's, beside the method's (``scores_with_ci`` entries): section 7's leak in one table."""
+    rows = {
+        "image+gt_mask model, fed ground-truth masks (leaky ceiling)": classification["image+gt_mask"],
+        "image+gt_mask model, fed predicted masks (what deployment gets)": gt_on_predicted,
+        "the method: trained and tested on predicted masks": classification["method"],
+    }
+    return pd.DataFrame(
+        {"test accuracy (95% interval)": {k: _value_ci(v["accuracy"], v["accuracy_ci95"]) for k, v in rows.items()}}
+    )
 
 
 def mask_worth_block(paired: dict, per_seed: pd.DataFrame, verdict: str) -> dict:

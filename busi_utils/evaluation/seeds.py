@@ -40,3 +40,27 @@ def read_record(path: Path | None = None, profile: str = "cpu") -> tuple[pd.Data
     table = table[table["members"] == table["members"].max()].reset_index(drop=True)
     ext = [external_column(k) for k in EXTERNAL_KEYS]
     return table, [c for c in ext if c in table and len(table) and table[c].notna().all()]
+
+
+def spread_tables(spread: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The record's test macro-F1 per seed and variant, and each variant's mean and SD over seeds
+    (two empty frames when there is no record yet)."""
+    if spread.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    by_seed = spread.pivot(index="seed", columns="variant", values="macro_f1").rename_axis(
+        "test macro-F1, by training seed"
+    )
+    return by_seed, spread.groupby("variant", sort=False)[["accuracy", "macro_f1"]].agg(["mean", "std"])
+
+
+def describe(spread: pd.DataFrame) -> str:
+    """One line on the record: seeds, members, how often the method beat image-only, and where and
+    when it was made (``calib_ms``: one reference network's milliseconds per image on that machine)."""
+    if spread.empty:
+        return f"no {record_path().name} yet: python scripts/seed_spread.py makes it"
+    by_seed = spread.pivot(index="seed", columns="variant", values="macro_f1")
+    ahead = int((by_seed["method"] > by_seed["image_only"]).sum())
+    return (
+        f"{len(by_seed)} seeds, {spread['members'].iloc[0]} members per view; method ahead of image-only in {ahead} of"
+        f" them; made {spread['date'].max()}, calib_ms {spread['calib_ms'].max():.1f}"
+    )

@@ -5,7 +5,8 @@ trained on the same image, it would be too good: the classifier would learn to t
 it will never get at test time. So:
 
 * for each fold k of the training pool, a U-Net trains on the lesion images of the *other*
-  folds and predicts every image of fold k (normal images too);
+  folds (their normal images too, when the recipe says ``normals``) and predicts every image of
+  fold k;
 * the hold-out test images get the mean of all K fold U-Nets' probabilities (none of them saw
   a test image): stage 1's ensemble, as nnU-Net ensembles its fold models;
 * every mask is an 8-bit probability PNG with a manifest row naming the model(s) that made it
@@ -27,8 +28,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from busi_utils.core import viz
 from busi_utils.core.errors import LeakageError
-from busi_utils.core.files import atomic_path, atomic_write_text
+from busi_utils.core.files import atomic_path, atomic_write_json, atomic_write_text
 from busi_utils.core.images import prob_to_uint8
 from busi_utils.core.runfolder import RunPaths
 from busi_utils.data.preprocess import ArrayStore
@@ -234,3 +236,41 @@ def mask_quality(paths: RunPaths, split: pd.DataFrame, store: ArrayStore, mask_m
         ],
         ignore_index=True,
     )
+
+
+def oof_dice(paths: RunPaths, split: pd.DataFrame, store: ArrayStore, mask_manifest: pd.DataFrame) -> pd.DataFrame:
+    """Dice/IoU of every lesion image of the training pool on its stored (out-of-fold) mask, with
+    its fold: how good each fold U-Net is on the fold it never saw (rows: dice, iou, fold)."""
+    pool = split[(split["split"] == "train") & (split["label"] != "normal")]
+    ids = pool["image_id"].tolist()
+    truths = np.stack([store.mask(i) for i in ids])
+    return seg.score_masks(load_masks(paths, mask_manifest, ids), truths).assign(fold=pool["fold"].to_numpy())
+
+
+def write_mask_summary(paths: RunPaths, per_fold: pd.Series, dice_by_kind: pd.Series, records: list[dict]) -> None:
+    """``masks/summary.json``: out-of-fold Dice per fold, mean Dice per kind of mask, and the fold
+    records without ``trained_now`` (so a resumed run writes the same file as a fresh one)."""
+    folds = [{k: v for k, v in r.items() if k != "trained_now"} for r in records]
+    summary = {"oof_dice_per_fold": per_fold.to_dict(), "dice_by_kind": dice_by_kind.to_dict(), "folds": folds}
+    atomic_write_json(paths.mask_summary, summary)
+
+
+def leak_gaps(dice_table: pd.DataFrame) -> pd.DataFrame:
+    """Per image the fold-0 U-Net trained on (rows of :func:`mask_quality`): its in-sample and
+    out-of-fold Dice side by side, and ``gap``, the first minus the second (the leak, per image)."""
+    both = dice_table[dice_table["kind"].isin([IN_SAMPLE, OUT_OF_FOLD])]
+    wide = both.pivot_table(index="image_id", columns="kind", values="dice")[[IN_SAMPLE, OUT_OF_FOLD]]
+    return wide.assign(gap=wide[IN_SAMPLE] - wide[OUT_OF_FOLD])
+
+
+def show_seen_unseen(store: ArrayStore, gaps: pd.DataFrame, in_sample: np.ndarray, out_of_fold: np.ndarray):
+    """One row per image of ``gaps``: the hand-drawn truth (green), the in-sample mask and the
+    out-of-fold mask (red), each titled with its Dice: the leak, seen."""
+    cells, titles = [], []
+    for image_id, seen, unseen in zip(gaps.index, in_sample, out_of_fold):
+        scan = store.image(image_id)
+        cells += [viz.overlay(scan, store.mask(image_id), color=(0.2, 1, 0.2)), viz.overlay(scan, seen >= 0.5)]
+        cells.append(viz.overlay(scan, unseen >= 0.5))
+        titles += [f"{image_id}: truth", f"in-sample Dice {gaps.loc[image_id, IN_SAMPLE]:.2f}"]
+        titles.append(f"out-of-fold Dice {gaps.loc[image_id, OUT_OF_FOLD]:.2f}")
+    return viz.show_grid(cells, titles, ncols=3, size=2.8)

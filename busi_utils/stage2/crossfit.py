@@ -196,6 +196,20 @@ def view_matrix(table: pd.DataFrame, view: str) -> np.ndarray:
     return table[[f"{view}:{c}" for c in P]].to_numpy()
 
 
+def members_table(trained: dict[str, list[Trained]], oof: pd.DataFrame, folds: Sequence[int]) -> pd.DataFrame:
+    """One row per member (``trained``: view -> members, as :func:`train_view` returns them): its
+    held-out fold's macro-F1 and accuracy, read from ``oof`` (:func:`oof_table`), and its training
+    time: how far members of one recipe differ, and what each costs."""
+    rows = []
+    for view, runs in trained.items():
+        for fold, run in zip(folds, runs):
+            part = oof[oof["fold"] == fold]
+            scores = classification_metrics(part["label"], view_matrix(part, view))
+            rows.append({"view": view, "member (held-out fold)": fold, "oof_macro_f1": scores["macro_f1"],
+                         "oof_accuracy": scores["accuracy"], "train_seconds": run.info["train_seconds"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def member_pairs(
     paths: RunPaths,
     summary: dict,
