@@ -116,7 +116,7 @@ def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
     )
 
 
-def test_benchmark_verdict_names_the_profiles_candidate_and_the_spread():
+def test_benchmark_verdict_names_the_profiles_candidate_and_the_gaps_interval():
     import pandas as pd
 
     from busi_utils.evaluation import benchmark
@@ -132,9 +132,11 @@ def test_benchmark_verdict_names_the_profiles_candidate_and_the_spread():
         }
     )
     text = benchmark.verdict(table, {"arch": "light", "size": 96, "lr": 0.003})
-    assert "best mean: a 0.740" in text and "the profile trains b" in text and "rank 2 of 2" in text
-    assert "within one SD" in text  # a gap of 0.02 against an SD of 0.03
-    assert "beyond" in benchmark.verdict(table.assign(valid_dice_sd=[0.005, 0.005]), {"arch": "light", "size": 96})
+    assert "best mean over 2+ runs: a 0.740" in text and "the profile trains b" in text and "rank 2 of 2" in text
+    assert "b minus a: -0.020 (95% interval" in text and "cannot separate" in text  # SDs 0.01, 0.03 over 6 runs
+    assert "a real gap" in benchmark.verdict(table.assign(valid_dice_sd=[0.005, 0.005]), {"arch": "light", "size": 96})
+    single = benchmark.verdict(table.assign(runs=[1, 6]), {"arch": "light", "size": 96})
+    assert "a 0.740: one run, no spread, cannot be compared" in single and "best mean over 2+ runs: b" in single
     assert "not among" in benchmark.verdict(table, {"arch": "light", "size": 128})
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
 from busi_utils.core import config, files, runfolder
@@ -126,3 +127,20 @@ def test_a_cached_result_is_read_back_for_the_same_inputs_and_remade_for_others(
     assert files.cached_json(path, key, make(0.1)) == {"accuracy": 0.7} and calls == [0.7]
     assert files.cached_json(path, dict(key, seed=1), make(0.6)) == {"accuracy": 0.6} and calls == [0.7, 0.6]
     _strict_json(path)
+
+
+def test_referral_verdict_words_the_fallback_and_the_intervals():
+    """Chapters 5 and 6 print this line instead of prose that could contradict the numbers."""
+    missed = {"cutoff_target": 0.9, "clear_share": 0.1, "cutoff_accuracy": 0.64}
+    correct, clear = np.r_[np.ones(30), np.zeros(30), np.ones(40)], np.r_[np.ones(30, bool), np.zeros(70, bool)]
+    apart = report.referral_verdict(missed, correct, clear, 200, 0)
+    assert "no cutoff reached the 90% target" in apart and "70% of these cases referred" in apart
+    assert "referral filtered" in apart
+    few = report.referral_verdict(missed | {"cutoff_accuracy": 0.95}, correct, np.arange(100) < 5, 200, 0)
+    assert "reached the 90% target" in few and "too few cases" in few
+
+
+def test_interval_verdict_follows_the_interval():
+    assert "above zero: up" in report.interval_verdict((0.01, 0.2), "up", "down")
+    assert "below zero: down" in report.interval_verdict((-0.2, -0.01), "up", "down")
+    assert "cannot tell" in report.interval_verdict((-0.1, 0.1), "up", "down")

@@ -17,7 +17,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from busi_utils.core.config import repo_root
 from busi_utils.core.files import atomic_write_text
@@ -160,31 +162,50 @@ def matching_candidate(table: pd.DataFrame, recipe: dict) -> pd.Series | None:
     return best
 
 
+def gap_interval(a: pd.Series, b: pd.Series, mean: str, sd: str) -> tuple[float, float, float]:
+    """The gap ``a - b`` between two candidates' mean scores and its 95% interval over their runs
+    (standard error of the difference, Welch's t): runs differ by fold and seed, so a gap is only
+    a finding when this interval excludes 0."""
+    var_a, var_b = a[sd] ** 2 / a["runs"], b[sd] ** 2 / b["runs"]
+    dof = (var_a + var_b) ** 2 / (var_a**2 / (a["runs"] - 1) + var_b**2 / (b["runs"] - 1))
+    gap, half = a[mean] - b[mean], stats.t.ppf(0.975, dof) * np.sqrt(var_a + var_b)
+    return gap, gap - half, gap + half
+
+
 def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:
     """Where the profile's recipe stands in a benchmark summary (``<metric>_mean`` / ``_sd`` per
-    candidate): its rank, the best candidate, and whether the gap is beyond the runs' spread.
+    candidate): its rank, the best candidate with two runs or more, and the 95% interval of the gap.
     Printed by the chapters, so that no sentence about the chosen model is written by hand."""
     mean, sd = f"{metric}_mean", f"{metric}_sd"
     ranked = table.sort_values(mean, ascending=False).reset_index(drop=True)
-    best = ranked.iloc[0]
-    mine = matching_candidate(ranked, recipe)
     lines = [
-        f"best mean: {best['name']} {best[mean]:.3f} ± {best[sd]:.3f} (SD over {int(best['runs'])} runs), "
-        f"{best['s_per_epoch']:.1f} s/epoch"
+        f"{row['name']} {row[mean]:.3f}: one run, no spread, cannot be compared"
+        for _, row in ranked.iterrows()
+        if row["runs"] < 2
     ]
+    comparable = ranked[ranked["runs"] >= 2].reset_index(drop=True)
+    if comparable.empty:
+        return "\n".join(lines + ["no candidate has two runs: nothing can be compared"])
+    best = comparable.iloc[0]
+    lines.append(
+        f"best mean over 2+ runs: {best['name']} {best[mean]:.3f} ± {best[sd]:.3f} (SD over "
+        f"{int(best['runs'])} runs), {best['s_per_epoch']:.1f} s/epoch"
+    )
+    mine = matching_candidate(ranked, recipe)
     if mine is None:
         return "\n".join(lines + ["the profile's recipe is not among the benchmarked candidates"])
     rank = int(ranked.index[ranked["name"] == mine["name"]][0]) + 1
     lines.append(
-        f"the profile trains {mine['name']}: {mine[mean]:.3f} ± {mine[sd]:.3f}, rank {rank} of {len(ranked)}, "
-        f"{mine['s_per_epoch']:.1f} s/epoch"
+        f"the profile trains {mine['name']}: {mine[mean]:.3f} ± {mine[sd]:.3f} over {int(mine['runs'])} "
+        f"runs, rank {rank} of {len(ranked)}, {mine['s_per_epoch']:.1f} s/epoch"
     )
-    other = best if mine["name"] != best["name"] else (ranked.iloc[1] if len(ranked) > 1 else None)
+    if mine["runs"] < 2:
+        return "\n".join(lines)
+    other = best if mine["name"] != best["name"] else (comparable.iloc[1] if len(comparable) > 1 else None)
     if other is not None:
-        gap, spread = abs(mine[mean] - other[mean]), max(mine[sd], other[sd])
+        gap, low, high = gap_interval(mine, other, mean, sd)
         lines.append(
-            (f"gap to the best {gap:.3f}: " if other is best else f"ahead of {other['name']} by {gap:.3f}: ")
-            + ("within" if gap <= spread else "beyond")
-            + f" one SD of the runs ({spread:.3f})"
+            f"{mine['name']} minus {other['name']}: {gap:+.3f} (95% interval {low:+.3f} to {high:+.3f}): "
+            + ("the runs cannot separate them" if low <= 0 <= high else "a real gap")
         )
     return "\n".join(lines)

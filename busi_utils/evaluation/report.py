@@ -145,6 +145,39 @@ def accuracy_line(correct: np.ndarray, n_boot: int, seed: int) -> str:
     return f"{ci_text(correct.mean(), interval)} on {len(correct)} cases"
 
 
+def interval_verdict(interval: Sequence, above: str, below: str) -> str:
+    """A difference's verdict read off its 95% interval, so no prose states a direction the
+    interval does not show: ``above`` or ``below`` zero, or "this test split cannot tell"."""
+    if interval[0] > 0:
+        return f"the interval lies above zero: {above}"
+    if interval[1] < 0:
+        return f"the interval lies below zero: {below}"
+    return "the interval includes zero: this test split cannot tell"
+
+
+def referral_verdict(finalised: Mapping, correct: np.ndarray, clear: np.ndarray, n_boot: int, seed: int) -> str:
+    """What the referral rule did, worded from the numbers so no prose has to guess: whether the
+    cutoff reached its out-of-fold target (else it kept the clearest ``clear_share``, see
+    :func:`uncertainty.earned_cutoff`), the share referred, and whether the clear answers' interval
+    lies above the referred ones' (fewer than 20 clear cases: too few for an interval to mean much)."""
+    target, share = finalised["cutoff_target"], finalised["clear_share"]
+    if finalised["cutoff_accuracy"] >= target:
+        rule = f"out of fold the clear answers reached the {target:.0%} target"
+    else:
+        rule = f"out of fold no cutoff reached the {target:.0%} target, so the cutoff keeps the clearest {share:.0%}"
+    correct, clear = np.asarray(correct, dtype=float), np.asarray(clear, dtype=bool)
+    referred = f"{1 - clear.mean():.0%} of these cases referred"
+    if min(clear.sum(), (~clear).sum()) < 20:
+        return f"{rule}; {referred}: too few cases on one side to compare: referral here is a safety net, not a filter"
+    ci = [
+        metrics.bootstrap_ci(lambda i, c=c: c[i].mean(), len(c), n_boot, seed)
+        for c in (correct[clear], correct[~clear])
+    ]
+    if ci[0][0] > ci[1][1]:
+        return f"{rule}; {referred}: the clear answers' interval lies above the referred ones': referral filtered"
+    return f"{rule}; {referred}: the clear answers were not shown more accurate: a safety net, not a filter"
+
+
 def gt_mask_table(classification: Mapping, gt_on_predicted: Mapping) -> pd.DataFrame:
     """Test accuracy, with its interval, of the ground-truth-mask model fed hand-drawn masks and fed
     the U-Net's, beside the method's (``scores_with_ci`` entries): section 7's leak in one table."""
