@@ -207,7 +207,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def fmt(value: float, ci: list[float] | None = None) -> str:
-    return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+    return f"{value:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci and None not in ci else "")
 
 
 def machine_line(m: dict, machine: str | None) -> str:
@@ -354,7 +354,7 @@ def adaptation_lines(m: dict) -> str:
     keys = ("macro_f1", "lesions_called_normal", "normals_called_lesion", "benign_malignant_auc")
     lines = [
         f"BUS-UCLM's evaluation patients ({'whole set' if a.get('patients') != 'evaluation' else 'never used for a choice'}); "
-        f"95% intervals resample patients. Domain classifier (BUSI vs the new site, gray-level histograms): held-out AUC {a['domain_auc']:.3f}.",
+        f"95% intervals resample patients. Domain classifier (BUSI vs the new site, gray-level histograms): held-out AUC {fmt(a['domain_auc'], a.get('domain_auc_ci95'))}.",
         "",
         "| pipeline | macro-F1 | lesions called normal | normal scans called a lesion | benign-vs-malignant AUC |",
         "|---|---|---|---|---|",

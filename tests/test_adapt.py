@@ -246,5 +246,8 @@ def test_the_domain_classifier_sees_a_shift_and_no_shift():
     brighter = np.clip(rng.integers(0, 200, (30, 16, 16)) + 50, 0, 255)  # another gain
     alike = rng.integers(0, 200, (30, 16, 16))  # negative control: the same scanner
     groups = np.repeat(np.arange(6), 5)
-    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(brighter), groups) > 0.95
-    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups) < 0.75
+    far, far_ci = shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(brighter), groups, n_boot=200)
+    near, near_ci = shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups, n_boot=200)
+    assert far > 0.95 and far_ci[0] <= far <= far_ci[1]
+    assert near < 0.75 and near_ci[1] < far_ci[0]  # the two intervals do not overlap
+    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups)[1] == [None, None]

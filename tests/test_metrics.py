@@ -111,9 +111,24 @@ def test_mask_verdict_says_shown_only_when_interval_and_every_seed_agree():
     assert "helps" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
     assert "not shown" in metrics.mask_verdict(shown, pd.DataFrame({"macro_f1": [0.04, -0.01, 0.06]}))
     assert "not shown" in metrics.mask_verdict(unsure, pd.DataFrame({"macro_f1": [0.04, 0.02, 0.06]}))
-    assert "does not help" in metrics.mask_verdict(
+    behind = metrics.mask_verdict(
         {"macro_f1": {"value": -0.02, "ci95": [-0.06, 0.01]}}, pd.DataFrame({"macro_f1": [-0.01, 0.0]})
     )
+    assert "not ahead" in behind and "helps" not in behind
+    assert "(95% interval -0.060 to +0.010)" in behind  # every verdict carries its interval
+
+
+def test_interval_text_and_verdict_follow_the_interval():
+    from busi_utils.evaluation import report
+
+    assert report.ci_text(0.7123, [0.65, 0.77]) == "0.712 (95% interval 0.650 to 0.770)"
+    assert (
+        report.ci_text({"value": 0.02, "ci95": [-0.01, 0.05]}, signed=True) == "+0.020 (95% interval -0.010 to +0.050)"
+    )
+    assert report.ci_text(0.5, [None, None]) == "0.500" and report.ci_text(None) == "-"
+    assert report.score_text({"auc": 0.8, "auc_ci95": [0.7, 0.9]}, "auc").endswith("0.700 to 0.900)")
+    assert "above zero" in report.interval_verdict([0.01, 0.2], "up", "down")
+    assert "cannot tell" in report.interval_verdict([None, 0.2], "up", "down")
 
 
 def test_benchmark_verdict_names_the_profiles_candidate_and_the_gaps_interval():

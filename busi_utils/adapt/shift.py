@@ -21,11 +21,13 @@ def gray_histograms(images: np.ndarray, bins: int = 32) -> np.ndarray:
     return np.stack([np.histogram(img, edges)[0] / img.size for img in images])
 
 
-def domain_auc(home: np.ndarray, site: np.ndarray, site_groups=None, folds: int = 5, seed: int = 0) -> float:
-    """Held-out ROC AUC of a logistic regression telling ``site`` rows from ``home`` rows
-    (features, one row per scan). The folds keep each site patient on one side (``site_groups``),
-    so the classifier cannot win by recognising a patient; with fewer than two site patients,
-    each scan is its own group)."""
+def held_out_domain_scores(
+    home: np.ndarray, site: np.ndarray, site_groups=None, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per scan: 1 for the site, 0 for home; the held-out probability of "site" from a logistic
+    regression on ``home`` and ``site`` rows (features, one row per scan); and the scan's group.
+    The folds keep each site patient on one side (``site_groups``), so the classifier cannot win
+    by recognising a patient; with fewer than two site patients, each scan is its own group."""
     x = np.vstack([home, site])
     y = np.r_[np.zeros(len(home)), np.ones(len(site))]
     site_groups = np.arange(len(site)) if site_groups is None else np.asarray(site_groups)
@@ -40,4 +42,22 @@ def domain_auc(home: np.ndarray, site: np.ndarray, site_groups=None, folds: int 
     for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x[train], y[train])
         scores[test] = model.predict_proba(x[test])[:, 1]
-    return float(roc_auc_score(y, scores))
+    own = np.r_[np.char.add("home-", np.arange(len(home)).astype(str)), groups[len(home) :]]
+    return y, scores, own
+
+
+def domain_auc(
+    home: np.ndarray, site: np.ndarray, site_groups=None, folds: int = 5, seed: int = 0, n_boot: int = 0
+) -> tuple[float, list]:
+    """The held-out ROC AUC of :func:`held_out_domain_scores`, and its 95% bootstrap interval over
+    ``n_boot`` resamples (each home scan and each site patient drawn whole, with replacement;
+    ``[None, None]`` when ``n_boot`` is 0): the size of the shift, with its noise."""
+    y, scores, groups = held_out_domain_scores(home, site, site_groups, folds, seed)
+    rng, members = np.random.default_rng(seed), [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    resampled = []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        if 0 < y[rows].mean() < 1:
+            resampled.append(roc_auc_score(y[rows], scores[rows]))
+    interval = [float(q) for q in np.percentile(resampled, [2.5, 97.5])] if resampled else [None, None]
+    return float(roc_auc_score(y, scores)), interval

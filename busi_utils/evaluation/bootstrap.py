@@ -4,7 +4,7 @@ verdict that needs both the interval and every seed to agree before it says "sho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -127,18 +127,51 @@ def seed_differences(study: pd.DataFrame, a: str, b: str, keys: Sequence[str]) -
     return pd.DataFrame({k: wide[(k, a)] - wide[(k, b)] for k in keys})
 
 
+def ci_text(value: float | Mapping | None, ci: Sequence | None = None, signed: bool = False) -> str:
+    """A score as every chapter prints it, never without its interval when it has one: ``0.712 (95%
+    interval 0.650 to 0.770)``. ``value`` may be a paired result ``{"value", "ci95"}``; ``signed``
+    writes a difference with its sign; a missing score prints ``-``."""
+    if isinstance(value, Mapping):
+        value, ci = value["value"], value["ci95"]
+    if value is None:
+        return "-"
+    fmt = "+.3f" if signed else ".3f"
+    if ci is None or None in ci:
+        return f"{value:{fmt}}"
+    return f"{value:{fmt}} (95% interval {ci[0]:{fmt}} to {ci[1]:{fmt}})"
+
+
+def score_text(scores: Mapping, key: str) -> str:
+    """:func:`ci_text` of ``key`` in a flat report, whose interval is stored beside it as ``key_ci95``."""
+    return ci_text(scores.get(key), scores.get(f"{key}_ci95"))
+
+
+def interval_verdict(interval: Sequence, above: str, below: str) -> str:
+    """A difference's verdict read off its 95% interval, so no prose states a direction the
+    interval does not show: ``above`` or ``below`` zero, or "cannot tell"."""
+    low, high = interval
+    if low is not None and low > 0:
+        return f"the interval lies above zero: {above}"
+    if high is not None and high < 0:
+        return f"the interval lies below zero: {below}"
+    return "the interval includes zero: these cases cannot tell"
+
+
 def mask_verdict(paired: dict, per_seed: pd.DataFrame, key: str = "macro_f1", unit: str = "seed") -> str:
     """A plain sentence on whether the method beats image-only on ``key``: shown (paired interval
     above zero and ahead for every seed), ahead but not shown (interval includes zero or a seed
     disagrees), or not ahead."""
-    lo, hi = paired[key]["ci95"]
+    lo = paired[key]["ci95"][0]
     mean = float(per_seed[key].mean())
     name = key.replace("_", "-")
     if lo > 0 and (per_seed[key] > 0).all():
-        return f"The predicted mask helps: the method is ahead on {name} on the test images (interval above zero) and for every {unit}."
+        return (
+            f"The predicted mask helps: the method is ahead on {name} by {ci_text(paired[key], signed=True)}"
+            f" on the test images, and for every {unit}."
+        )
     if mean > 0 and paired[key]["value"] > 0:
         return (
-            f"The method is ahead on {name} on average, but the paired interval includes zero or a {unit} disagrees: "
-            "the mask's benefit is not shown beyond doubt on a test split of this size."
+            f"The method's {name} is higher by {ci_text(paired[key], signed=True)}, but the interval includes zero"
+            f" or a {unit} disagrees: the mask's benefit is not shown on a test split of this size."
         )
-    return f"The predicted mask does not help on {name} here: the method is not ahead of image-only."
+    return f"The method is not ahead of image-only on {name}: the difference is {ci_text(paired[key], signed=True)}."

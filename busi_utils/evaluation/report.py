@@ -21,6 +21,7 @@ from busi_utils.core.config import CLASSES
 from busi_utils.core.files import atomic_write_json, read_json
 from busi_utils.core.runfolder import CLASSIFIER_SUMMARY_SCHEMA, METRICS_SCHEMA, RunPaths, validate
 from busi_utils.evaluation import metrics, uncertainty
+from busi_utils.evaluation.bootstrap import ci_text, interval_verdict, score_text  # noqa: F401 (the chapters' names)
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion, shape
 
@@ -90,10 +91,6 @@ def scores_with_ci(labels: Sequence[str], probs: np.ndarray, n_boot: int, seed: 
     return {**{k: m[k]["value"] for k in m}, **{f"{k}_ci95": m[k]["ci95"] for k in m}}
 
 
-def _value_ci(value: float, ci: Sequence) -> str:
-    return f"{value:.3f}" if None in ci else f"{value:.3f} ({ci[0]:.2f}-{ci[1]:.2f})"
-
-
 def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, seed: int) -> tuple[dict, pd.DataFrame]:
     """Per variant: headline metrics with bootstrap intervals and per-class scores; and the
     table a reader sees ("value (low-high)"; only the scores the test split defines)."""
@@ -104,7 +101,7 @@ def classification_block(test_probs: Mapping[str, pd.DataFrame], n_boot: int, se
         skip = KEYS + LESION_KEYS + NORMAL_KEYS
         per_class = {k: full[k] for k in full if k.split("_")[0] in CLASSES and k not in skip}
         block[v] = {**scores, "per_class": per_class}
-        rows.append({"variant": v, **{k: _value_ci(scores[k], scores[k + "_ci95"]) for k in skip if k in scores}})
+        rows.append({"variant": v, **{k: ci_text(scores[k], scores[k + "_ci95"]) for k in skip if k in scores}})
     return block, pd.DataFrame(rows).set_index("variant")
 
 
@@ -128,13 +125,6 @@ def variant_test_probs(
     return {name: cls.probs_frame(ids, table["label"], probs) for name, probs in rows.items()}
 
 
-def ci_text(value: float, ci: Sequence, signed: bool = False) -> str:
-    """A score as a chapter prints it, never without its interval: ``0.712 (95% interval 0.650 to
-    0.770)`` (``signed``: a difference, written with its sign)."""
-    fmt = "+.3f" if signed else ".3f"
-    return f"{value:{fmt}} (95% interval {ci[0]:{fmt}} to {ci[1]:{fmt}})"
-
-
 def accuracy_line(correct: np.ndarray, n_boot: int, seed: int) -> str:
     """The share of ``correct`` with its bootstrap interval and count (:func:`ci_text` ``on N cases``),
     so a comparison of two groups of cases (clear vs referred) reads with its noise."""
@@ -143,16 +133,6 @@ def accuracy_line(correct: np.ndarray, n_boot: int, seed: int) -> str:
         return "no cases"
     interval = metrics.bootstrap_ci(lambda idx: correct[idx].mean(), len(correct), n_boot, seed)
     return f"{ci_text(correct.mean(), interval)} on {len(correct)} cases"
-
-
-def interval_verdict(interval: Sequence, above: str, below: str) -> str:
-    """A difference's verdict read off its 95% interval, so no prose states a direction the
-    interval does not show: ``above`` or ``below`` zero, or "this test split cannot tell"."""
-    if interval[0] > 0:
-        return f"the interval lies above zero: {above}"
-    if interval[1] < 0:
-        return f"the interval lies below zero: {below}"
-    return "the interval includes zero: this test split cannot tell"
 
 
 def referral_verdict(finalised: Mapping, correct: np.ndarray, clear: np.ndarray, n_boot: int, seed: int) -> str:
@@ -187,7 +167,7 @@ def gt_mask_table(classification: Mapping, gt_on_predicted: Mapping) -> pd.DataF
         "the method: trained and tested on predicted masks": classification["method"],
     }
     return pd.DataFrame(
-        {"test accuracy (95% interval)": {k: _value_ci(v["accuracy"], v["accuracy_ci95"]) for k, v in rows.items()}}
+        {"test accuracy (95% interval)": {k: ci_text(v["accuracy"], v["accuracy_ci95"]) for k, v in rows.items()}}
     )
 
 

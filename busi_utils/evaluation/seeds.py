@@ -54,13 +54,14 @@ def spread_tables(spread: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def describe(spread: pd.DataFrame) -> str:
-    """One line on the record: seeds, members, how often the method beat image-only, and where and
+    """One line on the record: seeds, members, the method's macro-F1 gap to image-only per seed (no tally:
+    a few seeds make no verdict), and where and
     when it was made (``calib_ms``: one reference network's milliseconds per image on that machine)."""
     if spread.empty:
         return f"no {record_path().name} yet: python scripts/seed_spread.py makes it"
     by_seed = spread.pivot(index="seed", columns="variant", values="macro_f1")
-    ahead = int((by_seed["method"] > by_seed["image_only"]).sum())
+    gaps = ", ".join(f"{gap:+.3f}" for gap in by_seed["method"] - by_seed["image_only"])
     return (
-        f"{len(by_seed)} seeds, {spread['members'].iloc[0]} members per view; method ahead of image-only in {ahead} of"
-        f" them; made {spread['date'].max()}, calib_ms {spread['calib_ms'].max():.1f}"
+        f"{len(by_seed)} seeds, {spread['members'].iloc[0]} members per view; method minus image-only macro-F1 per"
+        f" seed: {gaps}; made {spread['date'].max()}, calib_ms {spread['calib_ms'].max():.1f}"
     )

@@ -15,6 +15,7 @@ import seaborn as sns
 
 from busi_utils.core import viz
 from busi_utils.core.config import CLASSES
+from busi_utils.evaluation.bootstrap import ci_text, score_text
 
 SYNTHETIC = (
     "<div style='border:4px solid #c00;padding:8px'><b>⚠ SYNTHETIC EXTERNAL SET.</b> BUS-UCLM was not found "
@@ -28,26 +29,9 @@ def synthetic_banner(kind: str) -> str:
     return SYNTHETIC if kind == "synthetic" else ""
 
 
-def value_ci(scores: Mapping, key: str, digits: int = 3) -> str:
-    """``"0.754 (95% interval 0.68-0.83)"`` from a flat report (``key`` and ``key_ci95``): a score
-    is never printed without its interval when it has one."""
-    value, ci = scores.get(key), scores.get(f"{key}_ci95") or [None, None]
-    if value is None:
-        return "-"
-    text = f"{value:.{digits}f}"
-    return text if None in ci else f"{text} (95% interval {ci[0]:.2f}-{ci[1]:.2f})"
-
-
 def interval_table(named: Mapping[str, Mapping], keys: Sequence[str]) -> pd.DataFrame:
     """One column per flat report of ``named``, one row per key, each cell ``value (95% interval ...)``."""
-    return pd.DataFrame({name: {k: value_ci(scores, k) for k in keys} for name, scores in named.items()})
-
-
-def diff_ci(paired: Mapping, digits: int = 2) -> str:
-    """A paired difference ``{"value", "ci95"}`` as ``"+0.021 (95% interval -0.05 to +0.10)"``; more
-    ``digits`` where an interval ends near 0 and two would round it onto 0."""
-    lo, hi = paired["ci95"]
-    return f"{paired['value']:+.3f} (95% interval {lo:+.{digits}f} to {hi:+.{digits}f})"
+    return pd.DataFrame({name: {k: score_text(scores, k) for k in keys} for name, scores in named.items()})
 
 
 def travel_lines(home: Mapping, away: Mapping, keys: Sequence[str]) -> list[str]:
@@ -57,19 +41,8 @@ def travel_lines(home: Mapping, away: Mapping, keys: Sequence[str]) -> list[str]
     for key in keys:
         (home_lo, home_hi), (away_lo, away_hi) = home[f"{key}_ci95"], away[f"{key}_ci95"]
         verdict = "lower away" if away_hi < home_lo else "higher away" if away_lo > home_hi else "cannot tell"
-        lines.append(f"{key}: BUSI test {value_ci(home, key)} -> BUS-UCLM {value_ci(away, key)}: {verdict}")
+        lines.append(f"{key}: BUSI test {score_text(home, key)} -> BUS-UCLM {score_text(away, key)}: {verdict}")
     return lines
-
-
-def sign_verdict(paired: Mapping, what: str) -> str:
-    """What a paired interval lets one say, and no more: ``what`` is ahead (interval above 0),
-    behind (below 0), or not shown either way (the interval includes 0)."""
-    lo, hi = paired["ci95"]
-    if lo is not None and lo > 0:
-        return f"{what}: ahead, the interval is above 0"
-    if hi is not None and hi < 0:
-        return f"{what}: behind, the interval is below 0"
-    return f"{what}: not shown either way, the interval includes 0"
 
 
 def gray_levels(busi_images: np.ndarray, site_images: np.ndarray, stats: pd.DataFrame) -> None:
@@ -145,8 +118,8 @@ def adaptation_table(
     variant's ``keys``, each as ``value (low-high)``."""
     table = {}
     for name, r in reports.items():
-        column = {"dice": value_ci({"dice": r["dice_mean"], "dice_ci95": r["dice_ci95"]}, "dice")}
-        column.update({f"{v}:{k}": value_ci(r["variants"][v], k) for v in variants for k in keys})
+        column = {"dice": ci_text(r["dice_mean"], r["dice_ci95"])}
+        column.update({f"{v}:{k}": score_text(r["variants"][v], k) for v in variants for k in keys})
         table[name] = column
     return pd.DataFrame(table)
 
@@ -179,7 +152,7 @@ def stage_losses(run_metrics: Mapping, key: str) -> pd.DataFrame:
     away = {**away, **away.get("variants", {}).get("method", {})}
     rows = ("dice_mean", "macro_f1", "lesions_called_normal")
     named = {"BUSI test": home, "new site, evaluation": away}
-    return pd.DataFrame({name: {k: value_ci(_ci_alias(r, k), k) for k in rows} for name, r in named.items()})
+    return pd.DataFrame({name: {k: score_text(_ci_alias(r, k), k) for k in rows} for name, r in named.items()})
 
 
 def _ci_alias(scores: Mapping, key: str) -> Mapping:
