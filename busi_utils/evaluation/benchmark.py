@@ -174,7 +174,8 @@ def gap_interval(a: pd.Series, b: pd.Series, mean: str, sd: str) -> tuple[float,
 
 def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:
     """Where the profile's recipe stands in a benchmark summary (``<metric>_mean`` / ``_sd`` per
-    candidate): its rank, the best candidate with two runs or more, and the 95% interval of the gap.
+    candidate): the best candidate with two runs or more, and the 95% interval of the gap between
+    the two (no rank: a place in a list of means is a verdict without an interval).
     Printed by the chapters, so that no sentence about the chosen model is written by hand."""
     mean, sd = f"{metric}_mean", f"{metric}_sd"
     ranked = table.sort_values(mean, ascending=False).reset_index(drop=True)
@@ -194,10 +195,9 @@ def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> st
     mine = matching_candidate(ranked, recipe)
     if mine is None:
         return "\n".join(lines + ["the profile's recipe is not among the benchmarked candidates"])
-    rank = int(ranked.index[ranked["name"] == mine["name"]][0]) + 1
     lines.append(
         f"the profile trains {mine['name']}: {mine[mean]:.3f} ± {mine[sd]:.3f} over {int(mine['runs'])} "
-        f"runs, rank {rank} of {len(ranked)}, {mine['s_per_epoch']:.1f} s/epoch"
+        f"runs, {mine['s_per_epoch']:.1f} s/epoch"
     )
     if mine["runs"] < 2:
         return "\n".join(lines)
