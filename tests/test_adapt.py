@@ -240,14 +240,20 @@ def test_a_site_answers_everywhere_and_leaves_the_run_unchanged(complete_quick_p
 
 def test_the_domain_classifier_sees_a_shift_and_no_shift():
     from busi_utils.adapt import shift
+    from busi_utils.evaluation import adaptation
 
     rng = np.random.default_rng(0)
     home = rng.integers(0, 200, (60, 16, 16))
     brighter = np.clip(rng.integers(0, 200, (30, 16, 16)) + 50, 0, 255)  # another gain
     alike = rng.integers(0, 200, (30, 16, 16))  # negative control: the same scanner
     groups = np.repeat(np.arange(6), 5)
-    far, far_ci = shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(brighter), groups, n_boot=200)
-    near, near_ci = shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups, n_boot=200)
+    far, far_ci = adaptation.domain_auc(
+        shift.gray_histograms(home), shift.gray_histograms(brighter), groups, n_boot=200
+    )
+    near, near_ci = adaptation.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups, n_boot=200)
     assert far > 0.95 and far_ci[0] <= far <= far_ci[1]
     assert near < 0.75 and near_ci[1] < far_ci[0]  # the two intervals do not overlap
-    assert shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups)[1] == [None, None]
+    assert adaptation.domain_auc(shift.gray_histograms(home), shift.gray_histograms(alike), groups)[1] == [None, None]
+    assert (
+        shift.domain_auc(shift.gray_histograms(home), shift.gray_histograms(brighter), groups) == far
+    )  # one AUC, two doors

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
 from busi_utils import data
 from busi_utils.adapt import batchnorm as abn
-from busi_utils.adapt import fewshot, prior
+from busi_utils.adapt import fewshot, prior, shift
 from busi_utils.core.config import CLASSES
 from busi_utils.evaluation import metrics, report, uncertainty
 from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_probs, segment_stores, subset
@@ -286,3 +287,13 @@ def oof_answers(models: RunModels) -> dict:
     fused = fusion.cross_validated(kind, y, oof["fold"].to_numpy(), p_scan, p_crop, oof["conf"].to_numpy())
     calibrated = uncertainty.apply_temperature(fused, float(models.finalised["temperature"]))
     return {"y": y, "answer": fused.argmax(1), "probs": calibrated}
+
+
+def domain_auc(home: np.ndarray, site: np.ndarray, site_groups=None, n_boot: int = 0, seed: int = 0) -> tuple:
+    """The domain classifier's held-out AUC (:func:`shift.held_out_domain_scores`) and its 95%
+    bootstrap interval, each home scan and each site patient drawn whole (``[None, None]`` without
+    ``n_boot``); a resample holding one set only has no AUC and is left out."""
+    y, scores, groups = shift.held_out_domain_scores(home, site, site_groups, seed=seed)
+    auc = lambda rows: roc_auc_score(y[rows], scores[rows]) if 0 < y[rows].mean() < 1 else np.nan  # noqa: E731
+    interval = list(metrics.bootstrap_ci(auc, len(y), n_boot, seed, groups=groups)) if n_boot else [None, None]
+    return float(auc(np.arange(len(y)))), interval
