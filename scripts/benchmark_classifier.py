@@ -8,7 +8,11 @@ masks from notebook 03) and is scored on fold k, never on the test split:
   one), with flip TTA, as the course predicts;
 * ``valid_macro_f1_no_tta``: the same model without flip TTA (does TTA matter?);
 * ``best_epoch_macro_f1``: the best epoch's score in the history, chosen on the very fold it is
-  scored on (optimistic; the way many papers, and the plain loop of issue 19, report it).
+  scored on (optimistic; the way many papers, and the plain loop of issue 19, report it);
+* ``dev_*``: with an external set, the same model on its *development* patients (never its
+  evaluation patients), masks painted by the run's fold-U-Net ensemble as the Predictor paints
+  them: macro-F1, and the benign-vs-malignant AUC on their lesion scans, the one question the
+  two-step rule leaves to the views.
 
 Rows go to ``benchmarks/classifier_folds.csv`` (per-epoch histories in
 ``classifier_folds_history.csv``); ``benchmarks/classifier.csv`` holds one row per candidate and
@@ -36,6 +40,39 @@ DEFAULTS = {"arch": "lite0", "pretrained": True, "size": 96, "epochs": 10, "batc
 KEY = ["name", "variant", "fold", "seed"]
 
 
+def development_inputs(paths, size: int, variants: list[str]) -> dict | None:
+    """Each variant's inputs for the external set's development patients at ``size``, their masks
+    painted by the run's fold-U-Net ensemble (nothing of an evaluation patient is loaded).
+    ``None`` without an external set or a run with models."""
+    from busi_utils.core.errors import RunFolderError
+    from busi_utils.data import external, splits
+    from busi_utils.evaluation import pipeline
+
+    root, kind = external.find_external()  # a set path that does not work is an error, as everywhere
+    try:
+        models = pipeline.RunModels(paths.root)
+    except RunFolderError as err:  # no trained run: the benchmark runs without these columns
+        print(f"no development-patient columns: {err}", flush=True)
+        return None
+    if kind == "synthetic" or models.cls_size != size:
+        return None
+    index = external.build_external_index(root, progress=False)
+    split = splits.load_or_make_patient_split(paths.external_split("bus_uclm"), index)
+    dev = splits.development_rows(index, split).reset_index(drop=True)
+    segmented = pipeline.segment_external(models, dev, progress=False)
+    ids, stores, masks = segmented.ids, segmented.stores, dict(zip(segmented.ids, segmented.probs))
+    crops = stores[cls.crop_source_size(size)]
+    x = {v: cls.build_inputs(v, ids, stores[size], masks, size, crops) for v in variants}
+    return {"x": x, "labels": dev["label"].astype(str).tolist()}
+
+
+def score_development(dev: dict, variant: str, model, stats) -> dict:
+    """A fold model on the development patients: macro-F1 and benign-vs-malignant AUC."""
+    p = cls.predict_tta(model, dev["x"][variant], stats)
+    m = metrics.classification_metrics(dev["labels"], p)
+    return {"dev_macro_f1": round(m["macro_f1"], 4), "dev_bm_auc": round(m["benign_malignant_auc"], 4)}
+
+
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Mean and SD per (candidate, variant) over its folds and seeds; the fastest run's time."""
     g = rows.groupby(["name", "variant"], sort=False)
@@ -51,6 +88,16 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
             valid_malignant_recall_mean=("valid_malignant_recall", "mean"),
             valid_macro_f1_no_tta_mean=("valid_macro_f1_no_tta", "mean"),
             best_epoch_macro_f1_mean=("best_epoch_macro_f1", "mean"),
+            **(
+                {
+                    "dev_macro_f1_mean": ("dev_macro_f1", "mean"),
+                    "dev_macro_f1_sd": ("dev_macro_f1", "std"),
+                    "dev_bm_auc_mean": ("dev_bm_auc", "mean"),
+                    "dev_bm_auc_sd": ("dev_bm_auc", "std"),
+                }
+                if "dev_bm_auc" in rows
+                else {}
+            ),
             s_per_epoch=("s_per_epoch", "min"),
             s_per_model=("train_seconds", "min"),
             calib_ms=("calib_ms", "max"),
@@ -79,8 +126,12 @@ def main() -> None:
     machine = benchmark.machine_info()
     print("machine:", machine, flush=True)
     done = pd.read_csv(out / "classifier_folds.csv") if (out / "classifier_folds.csv").exists() else None
+    devs: dict[int, dict | None] = {}  # the development patients' inputs, once per size
     for name, recipe in benchmark.candidates(args.specs, DEFAULTS):
         vd = cls.load_variant_data(paths, index, split, recipe["size"], progress=False)
+        if recipe["size"] not in devs:
+            devs[recipe["size"]] = development_inputs(paths, recipe["size"], variants)
+        dev = devs[recipe["size"]]
         spec = ",".join(f"{k}={v}" for k, v in sorted(recipe.items()))
         for variant in variants:
             for seed in args.seeds:
@@ -109,6 +160,7 @@ def main() -> None:
                             for k in ("accuracy", "macro_f1", "malignant_recall", "auc_ovr")
                         },
                         "valid_macro_f1_no_tta": round(plain["macro_f1"], 4),
+                        **(score_development(dev, variant, model, info["stats"]) if dev else {}),
                         "best_epoch_macro_f1": round(float(np.max(hist["f1_score"])), 4),
                         "best_epoch": int(np.argmax(hist["f1_score"])) + 1,
                         "n_train": len(y_tr),

@@ -91,6 +91,36 @@ def test_patient_draws_are_seeded_and_refuse_more_than_the_pool():
         fewshot.draw_patients(pool, 6, 3, 0)
 
 
+def test_finetuning_moves_only_the_named_layers_and_rehearsal_keeps_home_in_every_batch():
+    """Rehearsal puts the home scans in every batch: tuned on site scans with empty masks only, a
+    U-Net stops painting the home scans too (the negative control: what forgetting looks like);
+    with home scans whose masks are full rehearsed, it keeps painting them. Tuning the encoder
+    leaves the decoder's weights as they were, and a tuning is repeatable from its seed."""
+    from busi_utils.stage1.unet import LightUNet
+
+    torch.manual_seed(0)
+    unet = LightUNet(base=4, depth=2).eval()
+    rng = np.random.default_rng(0)
+    site_x, home_x = (rng.integers(0, 256, (8, 16, 16), dtype=np.uint8) for _ in range(2))
+    site_y, home_y = np.zeros((8, 16, 16), bool), np.ones((8, 16, 16), bool)
+    stats = (0.5, 0.25)
+
+    def painted_at_home(model):
+        with torch.no_grad():
+            x = (torch.from_numpy(home_x[:, None] / np.float32(255)) - stats[0]) / stats[1]
+            return float(torch.sigmoid(model(x)).mean())
+
+    encoder = fewshot.finetune_segmenter(unet, stats, site_x, site_y, steps=3, lr=1e-2, layers="encoder")
+    before, after = unet.state_dict(), encoder.state_dict()
+    moved = {n.split(".")[0] for n in before if before[n].is_floating_point() and not torch.equal(before[n], after[n])}
+    assert moved == {"down"}, moved
+    forgot = fewshot.finetune_segmenter(unet, stats, site_x, site_y, steps=30, lr=1e-2)
+    kept = fewshot.finetune_segmenter(unet, stats, site_x, site_y, steps=30, lr=1e-2, rehearse=(home_x, home_y))
+    assert painted_at_home(forgot) < 0.2 < 0.5 < painted_at_home(kept)
+    again = fewshot.finetune_segmenter(unet, stats, site_x, site_y, steps=30, lr=1e-2, rehearse=(home_x, home_y))
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), again.state_dict().values()))
+
+
 def _fake_run(tmp_path):
     """A run folder with what the adapt command checks before a model loads (no models)."""
     run = tmp_path / "run"

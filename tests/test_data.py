@@ -266,3 +266,16 @@ def test_busi_root_variable_pointing_nowhere_is_an_error_not_a_fallback(tmp_path
     monkeypatch.setenv("BUSI_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(BusiDataError, match="nowhere.*does not exist"):
         data.resolve_data()
+
+
+def test_array_store_takes_images_and_masks_in_the_order_asked():
+    from busi_utils.data import preprocess
+
+    images, masks = np.arange(3 * 4).reshape(3, 2, 2).astype(np.uint8), np.eye(2, dtype=bool)[None].repeat(3, 0)
+    masks[1] = False
+    store = preprocess.ArrayStore({"ids": np.array(["a", "b", "c"]), "images": images, "masks": masks})
+    got_images, got_masks = store.take(["c", "a", "b"])
+    assert np.array_equal(got_images, images[[2, 0, 1]]) and np.array_equal(got_masks, masks[[2, 0, 1]])
+    assert not np.array_equal(got_images, images)  # the order asked, not the stored one
+    with pytest.raises(KeyError):
+        store.take(["d"])

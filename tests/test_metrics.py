@@ -157,6 +157,27 @@ def test_benchmark_verdict_names_the_profiles_candidate_and_the_gaps_interval():
     assert "not among" in benchmark.verdict(table, {"arch": "light", "size": 128})
 
 
+def test_benchmark_paired_gaps_pair_runs_by_fold_and_cancel_what_they_share():
+    """Fold difficulty shared by both candidates cancels in the paired difference: a constant gain
+    of 0.02 on folds that differ by 0.2 is a real gap; shuffled pairs (the control) are not."""
+    import pandas as pd
+
+    from busi_utils.evaluation import benchmark
+
+    rng = np.random.default_rng(0)
+    hard = np.array([0.5, 0.7, 0.6, 0.8, 0.55, 0.75])  # per (fold, seed): the shared difficulty
+    keys = {"fold": [0, 1, 2, 0, 1, 2], "seed": [0, 0, 0, 1, 1, 1]}
+    base = pd.DataFrame({"name": "b", **keys, "auc": hard})
+    gain = pd.DataFrame({"name": "a", **keys, "auc": hard + 0.02 + rng.normal(0, 0.002, 6)})
+    lines = benchmark.paired_gaps(pd.concat([base, gain]), "a", "b", ["auc"], by=["fold", "seed"])
+    assert lines[0].startswith("auc, a minus b: +0.02") and "a real gap" in lines[0] and "6 paired runs" in lines[0]
+    shuffled = gain.assign(auc=rng.permutation(gain["auc"].to_numpy()))
+    control = benchmark.paired_gaps(pd.concat([base, shuffled]), "a", "b", ["auc"], by=["fold", "seed"])
+    assert "cannot separate" in control[0]
+    one = benchmark.paired_gaps(pd.concat([base, gain.iloc[:1]]), "a", "b", ["auc"], by=["fold", "seed"])
+    assert one == ["auc: 1 paired run(s), no interval"]
+
+
 def test_ood_thresholds_are_the_validation_quantile_and_flag_what_they_promise():
     """On drawn Gaussian features (two views, as the Predictor's): each view's threshold is the 99%
     quantile of the validation distances, so about 1% of new in-distribution samples pass it per

@@ -5,7 +5,8 @@ How many labelled patients buy how much is a learning curve: for each ``k``, sev
 alone: stage 2's decision (where "a lesion" begins), its temperature and its referral cutoff
 are refitted on their scans (:mod:`busi_utils.evaluation.adaptation`). Stage 1 can be fine-tuned
 on their masks (:func:`finetune_segmenter`: a few dozen steps at a small rate, only the layers
-named); chapter 8 measures whether that helps before anything ships it."""
+named, optionally with the home site's scans *rehearsed* in every batch so that it does not
+forget them); chapter 8 measures whether that helps before anything ships it."""
 
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ def trainable(model: nn.Module, layers: str) -> list[nn.Parameter]:
     return chosen
 
 
+def _tensors(images: np.ndarray, masks: np.ndarray, stats: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 scans, normalised as the U-Net was trained, and their masks as 0/1 targets."""
+    x = (torch.from_numpy(np.asarray(images, np.float32) / 255.0)[:, None] - stats[0]) / stats[1]
+    return x, torch.from_numpy((np.asarray(masks) > 0).astype(np.float32))[:, None]
+
+
 def finetune_segmenter(
     unet: nn.Module,
     stats: tuple[float, float],
@@ -61,25 +68,35 @@ def finetune_segmenter(
     batch_size: int = 16,
     layers: str = "all",
     seed: int = 0,
+    rehearse: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> nn.Module:
     """A copy of ``unet`` tuned on the site's labelled scans ``images`` (N, S, S) uint8 with
     their ``masks`` (N, S, S; empty for normal scans): Adam, Dice + BCE as in training, random
     mirror images. The model stays in eval mode, so batch norm keeps the statistics it came with
     (the run's, or a site's after :func:`~busi_utils.adapt.batchnorm.adapt_batchnorm`): a batch
-    of a few scans is too few to estimate them."""
-    if len(images) == 0 or len(images) != len(masks):
-        raise SiteError(f"fine-tuning needs scans with their masks: {len(images)} scans, {len(masks)} masks")
+    of a few scans is too few to estimate them. ``rehearse``: the home site's training scans and
+    masks; half of every batch is drawn from them (the rest of the batch when the site has fewer
+    scans than half a batch), so the few new scans cannot pull the network away from everything
+    it learned at home (catastrophic forgetting)."""
+    given = {"site": (images, masks), **({"home": rehearse} if rehearse is not None else {})}
+    for what, (x, y) in given.items():
+        if len(x) == 0 or len(x) != len(y):
+            raise SiteError(f"fine-tuning needs {what} scans with their masks: {len(x)} scans, {len(y)} masks")
     tuned = copy.deepcopy(unet).eval()
     params = trainable(tuned, layers)
     opt = torch.optim.Adam(params, lr=lr)
     loss_fn = DiceBCELoss()
-    x = (torch.from_numpy(np.asarray(images, np.float32) / 255.0)[:, None] - stats[0]) / stats[1]
-    y = torch.from_numpy((np.asarray(masks) > 0).astype(np.float32))[:, None]
+    x, y = _tensors(images, masks, stats)
+    home = _tensors(*rehearse, stats) if rehearse is not None else None
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        pick = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
+        n_site = min(batch_size // 2 if home is not None else batch_size, len(x))
+        pick = torch.randint(len(x), (n_site,), generator=gen)
         xb, yb = x[pick], y[pick]
-        flip = torch.rand(len(pick), generator=gen) < 0.5
+        if home is not None:
+            back = torch.randint(len(home[0]), (batch_size - n_site,), generator=gen)
+            xb, yb = torch.cat([xb, home[0][back]]), torch.cat([yb, home[1][back]])
+        flip = torch.rand(len(xb), generator=gen) < 0.5
         xb, yb = (
             torch.where(flip[:, None, None, None], xb.flip(-1), xb),
             torch.where(flip[:, None, None, None], yb.flip(-1), yb),

@@ -52,3 +52,8 @@ class ArrayStore:
 
     def mask(self, image_id: str) -> np.ndarray:
         return self.masks[self.pos[image_id]]
+
+    def take(self, image_ids) -> tuple[np.ndarray, np.ndarray]:
+        """The images and masks of ``image_ids``, in that order (N, S, S) each."""
+        rows = [self.pos[str(i)] for i in image_ids]
+        return self.images[rows], self.masks[rows]

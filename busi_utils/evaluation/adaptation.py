@@ -17,9 +17,8 @@ from busi_utils.adapt import batchnorm as abn
 from busi_utils.adapt import fewshot, prior, shift
 from busi_utils.core.config import CLASSES
 from busi_utils.evaluation import metrics, report, uncertainty
-from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_probs, segment_stores, subset
+from busi_utils.evaluation.pipeline import RunModels, Segmented, predict_external, segment_stores, subset
 from busi_utils.evaluation.report import P
-from busi_utils.stage1.segmentation import score_masks
 from busi_utils.stage2 import classification as cls
 from busi_utils.stage2 import crossfit, fusion
 
@@ -209,65 +208,6 @@ def fit_site(models: RunModels, index: pd.DataFrame, scans: Segmented, labelled:
     if labelled:
         params = refit_decision(table, params)
     return state, params, table
-
-
-def _lesion_dice(seg_graph, scans: Segmented, rows: np.ndarray, size: int) -> float:
-    """Mean Dice of ``seg_graph`` on the lesion scans at positions ``rows`` (with their masks)."""
-    store = scans.stores[size]
-    return float(np.mean(score_masks(segment_probs(seg_graph, store.images[rows]), store.masks[rows])["dice"]))
-
-
-def finetune_study(
-    models: RunModels,
-    scans: Segmented,
-    index: pd.DataFrame,
-    k: int,
-    draws: int,
-    steps: int,
-    lr: float,
-    layers=("encoder", "all"),
-    seed: int = 0,
-    progress=None,
-) -> pd.DataFrame:
-    """Stage 1 tuned on ``k`` labelled development patients (``scans``: theirs, rows of ``index``),
-    scored on the *other* development patients' lesion scans: which layers to tune is chosen
-    without an evaluation patient. One U-Net of the ensemble (the first fold's, with its mirror
-    view) keeps the study within a chapter's budget. One row per draw and choice of layers."""
-    g = models.seg_graph
-    one = type(g)(list(g.unets[:1]), list(g.stats[:1]), g.flip, g.size)  # the graph class, without importing serve
-    patients = index["patient"].astype(str).to_numpy()
-    lesion = (index["label"].astype(str) != "normal").to_numpy() & index["has_mask"].to_numpy()
-    pool = sorted(set(patients))
-    k = min(k, len(pool) - 1)
-    columns = ["draw", "layers", "k", "train_scans", "held_out_lesion_scans", "dice_before", "dice_after"]
-    if k < 1:  # one development patient: nobody left to score on
-        return pd.DataFrame(columns=columns)
-    rows = []
-    plan = [(d, draw, lay) for d, draw in enumerate(fewshot.draw_patients(pool, k, draws, seed)) for lay in layers]
-    before = {}  # the untuned U-Net's Dice, once per draw
-    for d, draw, lay in progress(plan) if progress else plan:
-        train = np.isin(patients, draw)
-        held = np.flatnonzero(~train & lesion)
-        if not len(held) or not train.any():
-            continue
-        store = scans.stores[models.seg_size]
-        tuned = fewshot.finetune_segmenter(
-            g.unets[0],
-            g.stats[0],
-            store.images[train],
-            store.masks[train],
-            steps=steps,
-            lr=lr,
-            layers=lay,
-            seed=seed + d,
-        )
-        after = type(g)([tuned], list(g.stats[:1]), g.flip, g.size)
-        rows.append(
-            {"draw": d, "layers": lay, "k": k, "train_scans": int(train.sum()), "held_out_lesion_scans": len(held),
-             "dice_before": before.setdefault(d, _lesion_dice(one, scans, held, models.seg_size)),
-             "dice_after": _lesion_dice(after, scans, held, models.seg_size)}
-        )  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
 
 
 def oof_answers(models: RunModels) -> dict:

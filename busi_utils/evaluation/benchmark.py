@@ -23,6 +23,7 @@ from scipy import stats
 
 from busi_utils.core.config import repo_root
 from busi_utils.core.files import atomic_write_text
+from busi_utils.evaluation.bootstrap import ci_text
 from busi_utils.stage1.segmentation import DiceBCELoss, LightUNet
 
 #: The reference point of the issue that set the budgets: 17.9 ms per image on its machine.
@@ -172,6 +173,11 @@ def gap_interval(a: pd.Series, b: pd.Series, mean: str, sd: str) -> tuple[float,
     return gap, gap - half, gap + half
 
 
+def gap_words(low: float, high: float) -> str:
+    """A gap's verdict from its 95% interval, as every benchmark line words it."""
+    return "the runs cannot separate them" if low <= 0 <= high else "a real gap"
+
+
 def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> str:
     """Where the profile's recipe stands in a benchmark summary (``<metric>_mean`` / ``_sd`` per
     candidate): the best candidate with two runs or more, and the 95% interval of the gap between
@@ -205,7 +211,26 @@ def verdict(table: pd.DataFrame, recipe: dict, metric: str = "valid_dice") -> st
     if other is not None:
         gap, low, high = gap_interval(mine, other, mean, sd)
         lines.append(
-            f"{mine['name']} minus {other['name']}: {gap:+.3f} (95% interval {low:+.3f} to {high:+.3f}): "
-            + ("the runs cannot separate them" if low <= 0 <= high else "a real gap")
+            f"{mine['name']} minus {other['name']}: {ci_text(gap, [low, high], signed=True)}: {gap_words(low, high)}"
         )
     return "\n".join(lines)
+
+
+def paired_gaps(runs: pd.DataFrame, a: str, b: str, metrics: list[str], by: list[str]) -> list[str]:
+    """Candidate ``a`` minus ``b`` in a per-run table (``name`` and ``metrics`` columns), paired on
+    the runs they share (``by``: e.g. view, fold and seed, so that a fold's difficulty cancels):
+    per metric the mean paired difference and its 95% t interval over the pairs."""
+    pairs = runs[runs["name"] == a].merge(runs[runs["name"] == b], on=by, suffixes=("_a", "_b"))
+    lines = []
+    for m in metrics:
+        d = (pairs[f"{m}_a"] - pairs[f"{m}_b"]).dropna().to_numpy()
+        if len(d) < 2:
+            lines.append(f"{m}: {len(d)} paired run(s), no interval")
+            continue
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        low, high = d.mean() - half, d.mean() + half
+        lines.append(
+            f"{m}, {a} minus {b}: {ci_text(d.mean(), [low, high], signed=True)} over {len(d)} paired runs: "
+            + gap_words(low, high)
+        )
+    return lines

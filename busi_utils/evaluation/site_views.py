@@ -188,14 +188,33 @@ def learning_curve_figure(curve: pd.DataFrame, label_free: Mapping):
     return fig
 
 
+FINETUNE_GAINS = (("dice", "Dice"), ("auc", "presence AUC"), ("home_dice", "BUSI Dice"))
+
+
+def finetune_gains(study: pd.DataFrame) -> pd.DataFrame:
+    """The study's gains per row (after minus before): ``dice`` and ``auc`` on the other
+    development patients, ``home_dice`` at home; a measure the study did not record is left out."""
+    if study.empty:  # no study recorded
+        return pd.DataFrame(columns=["draw", "layers"])
+    num = lambda c: pd.to_numeric(study[c], errors="coerce")  # noqa: E731 (JSON nulls read back as objects)
+    gains = {c: num(f"{c}_after") - num(f"{c}_before") for c, _ in FINETUNE_GAINS if f"{c}_after" in study}
+    return study[["draw", "layers"]].assign(**{c: g for c, g in gains.items() if g.notna().any()})
+
+
 def finetune_lines(study: pd.DataFrame) -> list[str]:
-    """Per tuned part of the U-Net, the Dice gain on other development patients: mean, range and
-    how many draws fell below 0. A few draws describe what happened, they give no interval."""
-    gains = study.assign(gain=study["dice_after"] - study["dice_before"]).groupby("layers")["gain"]
+    """Per choice of tuned layers, the gains on other development patients in Dice (their lesion
+    scans) and in presence AUC (all their scans), and at home in Dice (BUSI scans the U-Net never
+    trained on): mean, range and how many draws fell below 0. A few draws describe what happened,
+    they give no interval."""
+    gains = finetune_gains(study)
     lines = []
-    for layers, gain in gains:
-        lines.append(
-            f"{layers} layers: Dice gain mean {gain.mean():+.3f} over {len(gain)} draws "
-            f"(range {gain.min():+.3f} to {gain.max():+.3f}; {int((gain < 0).sum())} of {len(gain)} below 0)"
-        )
+    for layers, g in gains.groupby("layers", sort=False):
+        parts = []
+        for c, name in FINETUNE_GAINS:
+            if c in g and g[c].notna().any():
+                v = g[c].dropna()
+                parts.append(
+                    f"{name} {v.mean():+.3f} (range {v.min():+.3f} to {v.max():+.3f}; {int((v < 0).sum())} of {len(v)} below 0)"
+                )
+        lines.append(f"{layers}, {len(g)} draws, mean gain: " + "; ".join(parts))
     return lines

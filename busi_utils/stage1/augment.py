@@ -168,6 +168,15 @@ def mirror_and_gamma(kinds) -> list:
     return [RandomMirror(), ScanGamma(channels=[k for k, kind in enumerate(kinds) if kind in SCAN_KINDS])]
 
 
+def mirror_and_scanner(kinds) -> list:
+    """The ``aug: scanner`` recipe for stage 2: :func:`mirror_and_gamma`, and :class:`ScannerShift`
+    on the scan channel (the whole scan, or the lesion crop; never a mask). Each course view has
+    one scan channel; a crop's rows still run down the depth, over a part of it, so the depth-gain
+    curve keeps its direction there."""
+    scans = [k for k, kind in enumerate(kinds) if kind in SCAN_KINDS]
+    return [*mirror_and_gamma(kinds), *(ScannerShift(channel=k) for k in scans)]
+
+
 def ultrasound_segmentation(size: int, scanner: bool = False) -> list:
     """Image + mask: geometry on both (fastai interpolates masks with nearest), lighting on the
     image, and with ``scanner`` :class:`ScannerShift` on the image."""

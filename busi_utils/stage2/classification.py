@@ -21,7 +21,7 @@ from busi_utils.core.config import CLASSES
 from busi_utils.core.files import load_checkpoint, save_checkpoint
 from busi_utils.core.layout import channels_last
 from busi_utils.stage1 import training
-from busi_utils.stage1.augment import mirror_and_gamma, ultrasound_multichannel
+from busi_utils.stage1.augment import mirror_and_gamma, mirror_and_scanner, ultrasound_multichannel
 from busi_utils.stage2.inputs import (
     CHANNELS,
     CROP_SCALE,
@@ -86,7 +86,9 @@ def cls_dataloaders(
     fastai's ``show_batch`` / ``show_results`` can draw). ``kinds`` names the channels
     (default: image, then predicted mask) so that lighting touches only the scan and
     ``mask_aug`` only predicted masks. ``aug``: ``"fastai"`` (``aug_transforms``: flips, small
-    rotations and zooms, lighting) or ``"scan"`` (mirror, and gamma/gain/bias on the scan only). ``balance='sampler'`` draws batches with class-balanced
+    rotations and zooms, lighting), ``"scan"`` (mirror, and gamma/gain/bias on the scan only) or
+    ``"scanner"`` (``"scan"`` and another scanner's depth gain, gamma, speckle and resolution:
+    :class:`~busi_utils.stage1.augment.ScannerShift`). ``balance='sampler'`` draws batches with class-balanced
     probabilities (fastai's weighted dataloader)."""
     from fastai.vision.all import Categorize, Datasets, Normalize  # fastai: loaded where used (slow import)
 
@@ -105,7 +107,8 @@ def cls_dataloaders(
     )
 
     kinds = list(kinds or CHANNELS["image+pred_mask"][: x_train.shape[1]])
-    augs = mirror_and_gamma(kinds) if aug == "scan" else ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug)
+    scan_only = {"scan": mirror_and_gamma, "scanner": mirror_and_scanner}
+    augs = scan_only[aug](kinds) if aug in scan_only else ultrasound_multichannel(x_train.shape[-1], kinds, mask_aug)
     after = [*augs, Normalize.from_stats(list(stats[0]), list(stats[1]), cuda=False)]
     if balance == "sampler":
         import fastai.callback.data  # noqa: F401  (patches Datasets.weighted_dataloaders in)
