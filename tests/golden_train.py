@@ -4,8 +4,9 @@ reproducible mode (or a test's other settings) are in place before torch loads:
 
     python tests/golden_train.py [--out hashes.json]
 
-The hash is compared with ``tests/golden_hashes.json``: equal on every machine with AVX2 in
-reproducible mode, that is the claim.
+The hash is compared with ``tests/golden_hashes.json``: equal on every machine of a recorded
+processor (vendor, family, model) in reproducible mode, that is the claim; the output names this
+machine's processor, to record a new one.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main() -> int:
         hashes = train_both(Path(tmp))
     machine = reproducible.describe()
     result = {**hashes, "torch": machine["versions"]["torch"], "isa_in_use": machine["isa_in_use"],
-              "threads": machine["threads"], "cpu": machine["cpu"], "reproducible": machine["reproducible"]}  # fmt: skip
+              "threads": machine["threads"], "cpu": machine["cpu"], "processor": machine["processor"],
+              "reproducible": machine["reproducible"]}  # fmt: skip
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -1,7 +1,9 @@
-"""One number on every machine: in reproducible mode a tiny U-Net and a tiny classifier, trained
-with the course's own code, end with the committed weights (``golden_hashes.json``), whatever
-this processor could do beyond AVX2. The negative control trains under another instruction set
-and must end elsewhere, or the hash would prove nothing."""
+"""One number on every machine of a processor model: in reproducible mode a tiny U-Net and a tiny
+classifier, trained with the course's own code, end with the committed weights of this processor
+(``golden_hashes.json``), whatever it could do beyond AVX2. An AMD EPYC and an Intel Xeon, both
+pinned, end with other weights, so each recorded processor has its own hash, and a processor
+without one skips, saying so. The negative control trains under another instruction set and must
+end elsewhere, or the hash would prove nothing."""
 
 from __future__ import annotations
 
@@ -42,10 +44,33 @@ def pinned(tmp_path_factory) -> dict:
     return _train(tmp_path_factory.mktemp("golden"), BUSI_REPRODUCIBLE="1")
 
 
+def golden_for(entries: list[dict], processor: dict[str, str]) -> dict | None:
+    """The recorded hashes whose ``match`` agrees with every field given of this processor."""
+    found = [e for e in entries if all(processor.get(k) == v for k, v in e["match"].items())]
+    return found[0] if found else None
+
+
+def test_golden_for_matches_the_processor_it_was_made_on():
+    entries = [
+        {"match": {"vendor_id": "AuthenticAMD"}, "unet": "a"},
+        {"match": {"vendor_id": "GenuineIntel", "model": "167"}},
+    ]
+    assert golden_for(entries, {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17"})["unet"] == "a"
+    assert (
+        golden_for(entries, {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143"}) is None
+    )  # another model
+    assert golden_for(entries, {}) is None  # no /proc/cpuinfo: nothing to compare with
+
+
 def test_reproducible_mode_trains_the_committed_weights(pinned):
-    golden = GOLDEN.get(pinned["torch"])
-    if golden is None:
+    versions = GOLDEN.get(pinned["torch"])
+    if versions is None:
         pytest.skip(f"no golden hash for torch {pinned['torch']} (requirements.txt pins {', '.join(GOLDEN)})")
+    golden = golden_for(versions, pinned["processor"])
+    if golden is None:
+        made_on = "; ".join(e["made_on"] for e in versions)
+        pytest.skip(f"no golden hash for this processor {pinned['processor']} ({pinned['cpu']}); recorded: {made_on}. "
+                    "The pins hold per processor model, not across vendors: add this one's from golden_train.py")  # fmt: skip
     assert (pinned["isa_in_use"], pinned["threads"]) == ("AVX2", reproducible.THREADS)
     assert {k: pinned[k] for k in ("unet", "classifier")} == {k: golden[k] for k in ("unet", "classifier")}, (
         f"{pinned['cpu']} trained other weights than {golden['made_on']}: reproducible mode does not hold here"

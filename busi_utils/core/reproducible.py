@@ -1,4 +1,4 @@
-"""One number on every machine: pin the CPU code paths whose float rounding changes trained weights.
+"""One number per processor: pin the CPU code paths whose float rounding changes trained weights.
 
 The same code and seed gave test accuracy 0.822 on one machine of this kind and 0.842 on
 another. Training is deterministic on *one* machine (``tests/test_reproducibility.py``); across
@@ -14,9 +14,12 @@ to what every x86-64 laptop of the last decade has, before torch loads:
   own vectorised kernels), ``MKL_CBWR=AVX2`` (MKL's matrix products: one code path);
 * ``OMP_NUM_THREADS=2`` and ``MKL_NUM_THREADS=2``: two threads, whatever the cores.
 
-A machine with AVX-512 then computes what an AVX2 machine computes; a machine with more cores
-gives up speed for the book's numbers. The processor's AVX2 is read from Linux's
-``/proc/cpuinfo``: elsewhere (macOS, Windows, Arm) nothing is pinned, and :func:`describe` says
+A machine with AVX-512 then computes what an AVX2 machine of its kind computes; a machine with
+more cores gives up speed for the book's numbers. *Of its kind*: the pins hold across the machines
+of one processor model, not across vendors. An AMD EPYC and an Intel Xeon, both pinned, trained
+other weights (:func:`processor`; ``tests/golden_hashes.json`` keeps one hash per processor).
+
+The processor's AVX2 is read from Linux's ``/proc/cpuinfo``: elsewhere (macOS, Windows, Arm) nothing is pinned, and :func:`describe` says
 so. What it does not pin: NumPy/SciPy's OpenBLAS kernel (:func:`describe` records it), the GPU,
 and other library versions (``requirements.txt`` pins those). Set it before torch is imported: :mod:`busi_utils` does so when imported, the course
 runner for every notebook's kernel, the test session in ``tests/conftest.py``, and ``make lab``
@@ -34,7 +37,16 @@ from collections.abc import MutableMapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["ENV_SWITCH", "PINS", "THREADS", "describe", "enabled", "pin_environment", "supports_pinned_isa"]
+__all__ = [
+    "ENV_SWITCH",
+    "PINS",
+    "THREADS",
+    "describe",
+    "enabled",
+    "pin_environment",
+    "processor",
+    "supports_pinned_isa",
+]
 
 _pinned_after_torch = False  # set when the pins came after torch was imported (too late for the ISA)
 
@@ -93,6 +105,25 @@ def pin_environment(environ: MutableMapping[str, str] | None = None) -> dict[str
     return dict(PINS)
 
 
+PROCESSOR_FIELDS = ("vendor_id", "cpu family", "model")
+
+
+def processor() -> dict[str, str]:
+    """The processor's vendor, family and model as Linux names them (empty elsewhere). Reproducible
+    mode is measured per processor: an Intel Xeon and an AMD EPYC, both pinned to AVX2 and two
+    threads, trained other weights (``tests/golden_hashes.json``), since oneDNN and MKL still tune
+    their kernels to the processor they find (its caches, its vendor's code paths)."""
+    found: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key in PROCESSOR_FIELDS and key not in found:
+                found[key] = value
+    except OSError:
+        pass
+    return found
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -130,6 +161,7 @@ def describe() -> dict:
         and isa == "AVX2"
         and threads == THREADS,
         "cpu": _cpu_model(),
+        "processor": processor(),
         "cpus": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "isa_in_use": isa,
