@@ -1,5 +1,5 @@
 """Benchmark stage 1's fine-tuning on a new site's labelled patients beyond what chapter 8 can
-afford (not a timed test): more steps, all layers, always with BUSI's scans rehearsed.
+afford (not a timed test): more steps and other layers (by default with BUSI's scans rehearsed: ``+home``).
 
 Chapter 8 tunes the fold-0 U-Net for a few dozen steps on k development patients and scores the
 *other* development patients (:func:`busi_utils.evaluation.finetune.finetune_study`). This
@@ -29,7 +29,7 @@ from busi_utils.evaluation import benchmark, finetune, pipeline, site_views
 from busi_utils.stage1 import folds
 
 OUT = Path("benchmarks/finetune.csv")
-KEY = ["layers", "steps", "lr", "k", "draw"]
+KEY = ["layers", "steps", "lr", "k", "seed", "draws", "draw"]
 
 
 def development_inputs(models: pipeline.RunModels, root, key: str = "bus_uclm"):
@@ -52,7 +52,11 @@ def home_inputs(models: pipeline.RunModels, normals: bool) -> tuple:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default="runs/cpu")
-    ap.add_argument("--profile", default="cpu", help="the run's profile (does stage 1 train on normal scans?)")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="the run's profile (does stage 1 train on normal scans?); default: the run folder's name",
+    )
     ap.add_argument("--external-root", default=None, help="BUS-UCLM folder or zip (default $BUS_UCLM_ROOT)")
     ap.add_argument("--choices", nargs="+", default=["encoder+home", "all+home"])
     ap.add_argument("--steps", nargs="+", type=int, default=[40, 200])
@@ -62,7 +66,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42, help="chapter 8's seed gives chapter 8's draws")
     args = ap.parse_args()
     models = pipeline.RunModels(args.run_dir)
-    cfg = config.load_profile(args.profile)
+    cfg = config.load_profile(args.profile or Path(args.run_dir).resolve().name)
     root, kind = external.find_external(args.external_root)
     if kind == "synthetic":
         raise SystemExit("benchmark_finetune: BUS-UCLM not found (set BUS_UCLM_ROOT); a synthetic set measures nothing")
@@ -72,17 +76,26 @@ def main() -> int:
     machine = benchmark.machine_info()
     for steps in args.steps:
         for choice in args.choices:
-            key = (
-                (done["layers"] == choice) & (done["steps"] == steps) & (done["lr"] == args.lr) & (done["k"] == args.k)
-            )
+            wanted = {
+                "layers": choice,
+                "steps": steps,
+                "lr": args.lr,
+                "k": args.k,
+                "seed": args.seed,
+                "draws": args.draws,
+            }
+            key = pd.Series(True, index=done.index)
+            for column, value in wanted.items():
+                key &= done[column] == value if column in done else False
             if key.any():
                 print(f"{choice}, {steps} steps: in {OUT} already")
                 continue
             start = time.perf_counter()
             study = finetune.finetune_study(models, scans, dev, args.k, args.draws, steps, args.lr, layers=(choice,),
                                             seed=args.seed, home=home, home_check=check)  # fmt: skip
-            study = study.assign(steps=steps, lr=args.lr, seconds=round(time.perf_counter() - start, 1),
-                                 cpu=reproducible.describe()["cpu"], **machine)  # fmt: skip
+            described = reproducible.describe()
+            study = study.assign(**{**wanted, "layers": study["layers"], "k": study["k"]}, seconds=round(time.perf_counter() - start, 1),
+                                 cpu=described["cpu"], processor=" ".join(described["processor"].values()), **machine)  # fmt: skip
             print(f"{steps} steps: " + "\n".join(site_views.finetune_lines(study)))
             done = benchmark.append_rows(OUT, study.to_dict(orient="records"), KEY)
     return 0

@@ -1,8 +1,9 @@
 """One number on every machine of a processor model: in reproducible mode a tiny U-Net and a tiny
 classifier, trained with the course's own code, end with the committed weights of this processor
 (``golden_hashes.json``), whatever it could do beyond AVX2. An AMD EPYC and an Intel Xeon, both
-pinned, end with other weights, so each recorded processor has its own hash, and a processor
-without one skips, saying so. The negative control trains under another instruction set and must
+pinned, end with other weights, so each recorded processor (a vendor, or a vendor's model) has
+its own hash, and a processor without one skips, saying so; that the pins took effect is checked
+on every AVX2 machine. The negative control trains under another instruction set and must
 end elsewhere, or the hash would prove nothing."""
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def pinned(tmp_path_factory) -> dict:
 
 
 def golden_for(entries: list[dict], processor: dict[str, str]) -> dict | None:
-    """The recorded hashes whose ``match`` agrees with every field given of this processor."""
+    """The recorded hashes whose ``match`` agrees with every field given of this processor; of
+    several, the most specific (a model's entry before its vendor's)."""
     found = [e for e in entries if all(processor.get(k) == v for k, v in e["match"].items())]
-    return found[0] if found else None
+    return max(found, key=lambda e: len(e["match"])) if found else None
 
 
 def test_golden_for_matches_the_processor_it_was_made_on():
@@ -60,6 +62,21 @@ def test_golden_for_matches_the_processor_it_was_made_on():
         golden_for(entries, {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "143"}) is None
     )  # another model
     assert golden_for(entries, {}) is None  # no /proc/cpuinfo: nothing to compare with
+    model = {"match": {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17"}, "unet": "b"}
+    assert (
+        golden_for([*entries, model], {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17"})["unet"] == "b"
+    )
+
+
+def test_every_recorded_hash_names_its_processor():
+    for version, entries in ((v, e) for v, e in GOLDEN.items() if v != "about"):
+        for entry in entries:
+            assert entry["match"].get("vendor_id") and entry["unet"] and entry["classifier"], (version, entry)
+
+
+def test_the_pins_take_effect(pinned):
+    """On every AVX2 machine, recorded processor or not: the child trained with AVX2 and two threads."""
+    assert (pinned["isa_in_use"], pinned["threads"], pinned["reproducible"]) == ("AVX2", reproducible.THREADS, True)
 
 
 def test_reproducible_mode_trains_the_committed_weights(pinned):
@@ -70,8 +87,7 @@ def test_reproducible_mode_trains_the_committed_weights(pinned):
     if golden is None:
         made_on = "; ".join(e["made_on"] for e in versions)
         pytest.skip(f"no golden hash for this processor {pinned['processor']} ({pinned['cpu']}); recorded: {made_on}. "
-                    "The pins hold per processor model, not across vendors: add this one's from golden_train.py")  # fmt: skip
-    assert (pinned["isa_in_use"], pinned["threads"]) == ("AVX2", reproducible.THREADS)
+                    "An Intel Xeon and an AMD EPYC, both pinned, trained other weights: add this one's from golden_train.py")  # fmt: skip
     assert {k: pinned[k] for k in ("unet", "classifier")} == {k: golden[k] for k in ("unet", "classifier")}, (
         f"{pinned['cpu']} trained other weights than {golden['made_on']}: reproducible mode does not hold here"
     )

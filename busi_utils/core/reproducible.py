@@ -15,9 +15,9 @@ to what every x86-64 laptop of the last decade has, before torch loads:
 * ``OMP_NUM_THREADS=2`` and ``MKL_NUM_THREADS=2``: two threads, whatever the cores.
 
 A machine with AVX-512 then computes what an AVX2 machine of its kind computes; a machine with
-more cores gives up speed for the book's numbers. *Of its kind*: the pins hold across the machines
-of one processor model, not across vendors. An AMD EPYC and an Intel Xeon, both pinned, trained
-other weights (:func:`processor`; ``tests/golden_hashes.json`` keeps one hash per processor).
+more cores gives up speed for the book's numbers. *Of its kind*: an AMD EPYC and an Intel Xeon,
+both pinned, trained other weights; whether vendor or model makes the difference is not known
+yet (:func:`processor`; ``tests/golden_hashes.json`` keeps one hash per recorded processor).
 
 The processor's AVX2 is read from Linux's ``/proc/cpuinfo``: elsewhere (macOS, Windows, Arm) nothing is pinned, and :func:`describe` says
 so. What it does not pin: NumPy/SciPy's OpenBLAS kernel (:func:`describe` records it), the GPU,
@@ -111,8 +111,8 @@ PROCESSOR_FIELDS = ("vendor_id", "cpu family", "model")
 def processor() -> dict[str, str]:
     """The processor's vendor, family and model as Linux names them (empty elsewhere). Reproducible
     mode is measured per processor: an Intel Xeon and an AMD EPYC, both pinned to AVX2 and two
-    threads, trained other weights (``tests/golden_hashes.json``), since oneDNN and MKL still tune
-    their kernels to the processor they find (its caches, its vendor's code paths)."""
+    threads, trained other weights (``tests/golden_hashes.json``); the guess, untested, is that
+    oneDNN and MKL still tune their kernels to the processor they find."""
     found: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
