@@ -72,7 +72,7 @@ def main() -> int:
         raise SystemExit("benchmark_finetune: BUS-UCLM not found (set BUS_UCLM_ROOT); a synthetic set measures nothing")
     dev, scans = development_inputs(models, root)
     home, check = home_inputs(models, cfg["seg"]["normals"])
-    done = pd.read_csv(OUT) if OUT.exists() else pd.DataFrame(columns=KEY)
+    done = pd.read_csv(OUT) if OUT.exists() else None
     machine = benchmark.machine_info()
     for steps in args.steps:
         for choice in args.choices:
@@ -84,10 +84,7 @@ def main() -> int:
                 "seed": args.seed,
                 "draws": args.draws,
             }
-            key = pd.Series(True, index=done.index)
-            for column, value in wanted.items():
-                key &= done[column] == value if column in done else False
-            if key.any():
+            if benchmark.already_done(done, **wanted):
                 print(f"{choice}, {steps} steps: in {OUT} already")
                 continue
             start = time.perf_counter()

@@ -69,14 +69,21 @@ def enabled(environ: MutableMapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of Linux's ``/proc/cpuinfo`` (the first processor; empty
+    elsewhere): the one reader behind the flags, the model name and :func:`processor`."""
+    found: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            found.setdefault(key, value)
     except OSError:
         pass
-    return set()
+    return found
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def supports_pinned_isa() -> bool:
@@ -113,25 +120,12 @@ def processor() -> dict[str, str]:
     mode is measured per processor: an Intel Xeon and an AMD EPYC, both pinned to AVX2 and two
     threads, trained other weights (``tests/golden_hashes.json``); the guess, untested, is that
     oneDNN and MKL still tune their kernels to the processor they find."""
-    found: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key in PROCESSOR_FIELDS and key not in found:
-                found[key] = value
-    except OSError:
-        pass
-    return found
+    info = _cpuinfo()
+    return {k: info[k] for k in PROCESSOR_FIELDS if k in info}
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str | None:
